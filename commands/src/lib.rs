@@ -1,0 +1,1 @@
+//! The write side: load a stream, decide, append with the expected version.

@@ -1,0 +1,1 @@
+//! The read side: projector runtime and read models.

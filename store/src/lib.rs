@@ -1,0 +1,1 @@
+//! The event log (work in progress).
