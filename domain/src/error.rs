@@ -45,10 +45,16 @@ pub enum DomainError {
     MerchantNotFound,
     #[error("payment not found")]
     PaymentNotFound,
+    #[error("API key not found")]
+    ApiKeyNotFound,
     #[error("dispute {0} not found on this payment")]
     DisputeNotFound(DisputeId),
 
     // ---- business rules ----
+    #[error("the API key already exists")]
+    ApiKeyAlreadyExists,
+    #[error("the API key is already revoked")]
+    ApiKeyAlreadyRevoked,
     #[error("merchant {0} already exists")]
     MerchantAlreadyExists(MerchantId),
     #[error("the merchant is suspended and cannot take payments")]
@@ -128,6 +134,9 @@ impl DomainError {
             MerchantNotFound => "merchant_not_found",
             PaymentNotFound => "payment_not_found",
             DisputeNotFound(_) => "dispute_not_found",
+            ApiKeyNotFound => "api_key_not_found",
+            ApiKeyAlreadyExists => "api_key_already_exists",
+            ApiKeyAlreadyRevoked => "api_key_already_revoked",
             MerchantAlreadyExists(_) => "merchant_already_exists",
             MerchantSuspended => "merchant_suspended",
             MerchantClosed => "merchant_closed",
@@ -166,7 +175,7 @@ impl DomainError {
             | InvalidField { .. }
             | TooManyMetadataKeys { .. }
             | InvalidFeeSchedule { .. } => ErrorKind::InvalidInput,
-            MerchantNotFound | PaymentNotFound | DisputeNotFound(_) => ErrorKind::NotFound,
+            MerchantNotFound | PaymentNotFound | DisputeNotFound(_) | ApiKeyNotFound => ErrorKind::NotFound,
             _ => ErrorKind::Rejected,
         }
     }
@@ -210,6 +219,9 @@ impl DomainError {
         "merchant_not_found",
         "payment_not_found",
         "dispute_not_found",
+        "api_key_not_found",
+        "api_key_already_exists",
+        "api_key_already_revoked",
         "merchant_already_exists",
         "merchant_suspended",
         "merchant_closed",

@@ -7,6 +7,7 @@
 //! `decide` and `evolve` are pure functions that tests call directly.
 
 pub mod aggregate;
+pub mod api_key;
 pub mod country;
 pub mod error;
 pub mod id;

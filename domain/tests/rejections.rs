@@ -6,6 +6,8 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use paystream_domain::api_key::{ApiKeyAggregate, ApiKeyCommand, ApiKeyEvent, Role};
+use paystream_domain::id::ApiKeyId;
 use paystream_domain::merchant::{
     FeeSchedule, MerchantAggregate, MerchantCommand, MerchantEvent, MerchantStatus, Tier,
 };
@@ -63,6 +65,34 @@ fn onboard(fees: FeeSchedule) -> MerchantCommand {
 fn merchant_err(history: Vec<MerchantEvent>, command: MerchantCommand) -> DomainError {
     let state = <MerchantAggregate as paystream_domain::Aggregate>::fold(&history);
     <MerchantAggregate as paystream_domain::Aggregate>::decide(
+        &state,
+        command,
+        &paystream_domain::testing::test_context(),
+    )
+    .expect_err("expected a rejection")
+}
+
+fn key_id() -> ApiKeyId {
+    ApiKeyId::from_uuid(uuid::Uuid::from_u128(0x70))
+}
+
+fn key_issue() -> ApiKeyCommand {
+    ApiKeyCommand::Issue { key_id: key_id(), role: Role::Admin, merchant: None, key_hash: "ab".repeat(32), now: t(0) }
+}
+
+fn key_issued() -> ApiKeyEvent {
+    ApiKeyEvent::ApiKeyIssued {
+        key_id: key_id(),
+        role: Role::Admin,
+        merchant_id: None,
+        key_hash: "ab".repeat(32),
+        issued_at: t(0),
+    }
+}
+
+fn key_err(history: Vec<ApiKeyEvent>, command: ApiKeyCommand) -> DomainError {
+    let state = <ApiKeyAggregate as paystream_domain::Aggregate>::fold(&history);
+    <ApiKeyAggregate as paystream_domain::Aggregate>::decide(
         &state,
         command,
         &paystream_domain::testing::test_context(),
@@ -128,6 +158,15 @@ fn scenarios() -> Vec<(&'static str, DomainError)> {
             pay(
                 captured_payment(),
                 PaymentCommand::ResolveDispute { dispute_id: dispute_id(9), outcome: DisputeOutcome::Won, now: t(1) },
+            ),
+        ),
+        ("api_key_not_found", key_err(vec![], ApiKeyCommand::Revoke { now: t(1) })),
+        ("api_key_already_exists", key_err(vec![key_issued()], key_issue())),
+        (
+            "api_key_already_revoked",
+            key_err(
+                vec![key_issued(), ApiKeyEvent::ApiKeyRevoked { key_id: key_id(), revoked_at: t(1) }],
+                ApiKeyCommand::Revoke { now: t(2) },
             ),
         ),
         ("merchant_already_exists", merchant_err(vec![onboarded()], onboard(FEES))),
