@@ -1,1 +1,128 @@
-fn main() {}
+//! `paystream`: the platform's one binary.
+//!
+//! ```text
+//! paystream serve [--data DIR] [--listen ADDR]    run the HTTP API (default ./data, 127.0.0.1:8080)
+//! paystream verify [--data DIR]                   check the log's hash chain
+//! paystream bench store [--events N] [--dir DIR]  event log benchmark (docs/performance.md)
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use paystream_api::server::{serve, BoxError, ServeOptions};
+use paystream_store::{EmbeddedStore, EventStore};
+
+const USAGE: &str = "usage:
+  paystream serve [--data DIR] [--listen ADDR]
+  paystream verify [--data DIR]
+  paystream bench store [--events N] [--dir DIR]";
+
+struct Args {
+    positional: Vec<String>,
+    options: Vec<(String, String)>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if let Some(name) = arg.strip_prefix("--") {
+            let value = args.next().ok_or_else(|| format!("--{name} needs a value"))?;
+            options.push((name.to_string(), value));
+        } else {
+            positional.push(arg);
+        }
+    }
+    Ok(Args { positional, options })
+}
+
+impl Args {
+    fn option(&self, name: &str) -> Option<&str> {
+        self.options.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn check_known(&self, known: &[&str]) -> Result<(), String> {
+        match self.options.iter().find(|(n, _)| !known.contains(&n.as_str())) {
+            Some((name, _)) => Err(format!("unknown option --{name}")),
+            None => Ok(()),
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        PathBuf::from(self.option("data").unwrap_or("./data"))
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PAYSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    match args.positional.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["serve"] => {
+            args.check_known(&["data", "listen"])?;
+            let listen: SocketAddr =
+                args.option("listen").unwrap_or("127.0.0.1:8080").parse().map_err(|e| format!("--listen: {e}"))?;
+            serve(ServeOptions { data: args.data(), listen }).await
+        }
+        ["verify"] => {
+            args.check_known(&["data"])?;
+            let dir = args.data().join("log");
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)).await??;
+            let report = store.verify(0, None).await?;
+            println!("{report}");
+            store.close().await?;
+            if report.is_ok() {
+                Ok(())
+            } else {
+                Err("the hash chain is broken".into())
+            }
+        }
+        ["bench", "store"] => {
+            args.check_known(&["events", "dir"])?;
+            let events: u64 =
+                args.option("events").unwrap_or("1000000").parse().map_err(|e| format!("--events: {e}"))?;
+            let dir = match args.option("dir") {
+                Some(dir) => PathBuf::from(dir),
+                None => std::env::temp_dir().join(format!("paystream-bench-{}", std::process::id())),
+            };
+            let options = paystream_store::bench::BenchOptions { events, ..Default::default() };
+            let report = paystream_store::bench::run_store_bench(&dir, options).await?;
+            println!("{report}");
+            if args.option("dir").is_none() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Ok(())
+        }
+        _ => Err(USAGE.into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("paystream: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

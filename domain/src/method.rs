@@ -165,15 +165,64 @@ pub struct CardInput {
 }
 
 /// The instrument a payment command carries. Deserialize-only: it can come
-/// in from a request but can never be written out.
+/// in from a request but can never be written out. The JSON form is
+/// `{"type": "card", "card": {...}}` (likewise for each type).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "MethodJson")]
 pub enum PaymentMethodInput {
     Card { card: CardInput },
     BankTransfer { bank_transfer: BankTransferInput },
     Wallet { wallet: WalletInput },
     QrCode { qr_code: QrCodeInput },
     Nfc { nfc: NfcInput },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum MethodType {
+    Card,
+    BankTransfer,
+    Wallet,
+    QrCode,
+    Nfc,
+}
+
+/// The wire form: a plain struct, so a parse error names the exact field
+/// (`method.card.number`), which a tagged enum would lose.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MethodJson {
+    #[serde(rename = "type")]
+    kind: MethodType,
+    card: Option<CardInput>,
+    bank_transfer: Option<BankTransferInput>,
+    wallet: Option<WalletInput>,
+    qr_code: Option<QrCodeInput>,
+    nfc: Option<NfcInput>,
+}
+
+impl TryFrom<MethodJson> for PaymentMethodInput {
+    type Error = &'static str;
+    fn try_from(m: MethodJson) -> Result<Self, Self::Error> {
+        let others =
+            [m.card.is_some(), m.bank_transfer.is_some(), m.wallet.is_some(), m.qr_code.is_some(), m.nfc.is_some()]
+                .iter()
+                .filter(|present| **present)
+                .count();
+        if others > 1 {
+            return Err("give exactly one of card, bank_transfer, wallet, qr_code, nfc, matching type");
+        }
+        let missing = "the object named by type is missing (e.g. type card needs a card object)";
+        Ok(match m.kind {
+            MethodType::Card => PaymentMethodInput::Card { card: m.card.ok_or(missing)? },
+            MethodType::BankTransfer => {
+                PaymentMethodInput::BankTransfer { bank_transfer: m.bank_transfer.ok_or(missing)? }
+            }
+            MethodType::Wallet => PaymentMethodInput::Wallet { wallet: m.wallet.ok_or(missing)? },
+            MethodType::QrCode => PaymentMethodInput::QrCode { qr_code: m.qr_code.ok_or(missing)? },
+            MethodType::Nfc => PaymentMethodInput::Nfc { nfc: m.nfc.ok_or(missing)? },
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -26,7 +26,7 @@ macro_rules! currencies {
     ($($code:ident = $exp:literal, $name:literal;)*) => {
         /// An ISO 4217 currency this platform settles in. The exponent is the
         /// number of decimal digits of the minor unit (USD 2, JPY 0, KWD 3).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         pub enum Currency { $(#[doc = $name] $code,)* }
 
         impl Currency {
@@ -73,6 +73,14 @@ currencies! {
     SGD = 2, "Singapore dollar";
     TWD = 2, "New Taiwan dollar";
     USD = 2, "United States dollar";
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    /// Accepts the ISO code in either case; always written upper case.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = String::deserialize(deserializer)?;
+        code.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Currency {

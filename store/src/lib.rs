@@ -1,1 +1,24 @@
-//! The event log (work in progress).
+//! The event log of Paystream: the [`EventStore`] trait, the event envelope, the hash
+//! chain, and the backends (the embedded one, [`EmbeddedStore`], is the default).
+//!
+//! Architecture invariant: this crate knows nothing about payments. Payloads are opaque
+//! JSON bytes; it does not depend on `paystream-domain`.
+
+pub mod bench;
+pub mod chain;
+pub mod contract;
+pub mod embedded;
+mod error;
+mod event_store;
+mod types;
+
+pub use embedded::{EmbeddedOptions, EmbeddedStore, DEFAULT_SEGMENT_BYTES};
+pub use error::{InvalidAppend, StoreError};
+pub use event_store::{
+    CatchUp, EventStore, LogReader, Subscription, SubscriptionSource, VerifyReport, SUBSCRIPTION_READ_BATCH,
+};
+pub use types::{
+    validate_append, Actor, AppendResult, ExpectedVersion, Metadata, NewEvent, Position, RecordedEvent, StreamVersion,
+    MAX_APPEND_BYTES, MAX_EVENTS_PER_APPEND, MAX_EVENT_TYPE_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_RECORD_BYTES,
+    MAX_STREAM_ID_BYTES,
+};

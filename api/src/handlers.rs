@@ -1,0 +1,625 @@
+//! Thin handlers: extract, authorize, turn the request into a command, call
+//! the write side, render. No business rule is checked here.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use paystream_commands::bus::Executed;
+use paystream_commands::facts::KeyRecord;
+use paystream_commands::services::{NewPayment, OnboardMerchant};
+use paystream_commands::{CommandError, RequestMeta};
+use paystream_domain::api_key::{ApiKeyAggregate, Role};
+use paystream_domain::country::CountryCode;
+use paystream_domain::id::{ApiKeyId, DisputeId, MerchantId, PaymentId};
+use paystream_domain::merchant::{FeeSchedule, MerchantAggregate, MerchantCommand, Tier};
+use paystream_domain::method::PaymentMethodInput;
+use paystream_domain::payment::{
+    AmountInput, CaptureMethod, Customer, DisputeOutcome, Payment, PaymentAggregate, ReviewDecision,
+};
+use paystream_domain::{Aggregate, Currency, Money};
+use paystream_store::StoreError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::extract::{Caller, Json};
+use crate::state::AppState;
+use crate::views;
+
+const ADMIN: &[Role] = &[Role::Admin];
+const MERCHANT: &[Role] = &[Role::Merchant];
+const ADMIN_OR_MERCHANT: &[Role] = &[Role::Admin, Role::Merchant];
+const READERS: &[Role] = &[Role::Admin, Role::Merchant, Role::Analyst, Role::Auditor];
+const REVIEWERS: &[Role] = &[Role::Admin, Role::Analyst];
+
+/// A JSON reply; `replayed` marks an idempotent replay.
+pub struct Reply {
+    status: StatusCode,
+    body: Value,
+    replayed: bool,
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if self.replayed {
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
+fn ok(body: Value) -> Reply {
+    Reply { status: StatusCode::OK, body, replayed: false }
+}
+
+/// Runs a command with idempotency: a request carrying an Idempotency-Key
+/// already seen with the same body gets the first response back (rendered
+/// from the log as that request left it); with another body, 409.
+async fn run<A, T, Fut>(
+    state: &AppState,
+    caller: &Caller,
+    fingerprint: &str,
+    status: StatusCode,
+    exec: impl FnOnce(RequestMeta) -> Fut,
+    fresh: impl FnOnce(T) -> Result<Value, ApiError>,
+    replayed: impl FnOnce(Executed<A>) -> Result<Value, ApiError>,
+) -> Result<Reply, ApiError>
+where
+    A: Aggregate,
+    Fut: Future<Output = Result<T, CommandError>>,
+{
+    let meta = caller.meta(fingerprint);
+    let bus = &state.services.bus;
+    let Some(key) = meta.idempotency_key.clone() else {
+        return Ok(Reply { status, body: fresh(exec(meta).await?)?, replayed: false });
+    };
+    let _guard = bus.idempotency_guard(&key).await;
+    if let Some(replay) = bus.find_replay(&key, fingerprint).await? {
+        let body = replayed(bus.replay::<A>(&replay).await?)?;
+        return Ok(Reply { status, body, replayed: true });
+    }
+    match exec(meta).await {
+        Ok(output) => Ok(Reply { status, body: fresh(output)?, replayed: false }),
+        // Another node won the race for this key: replay its response.
+        Err(CommandError::Store(StoreError::DuplicateIdempotencyKey { .. })) => {
+            let replay = bus.find_replay(&key, fingerprint).await?.ok_or_else(ApiError::internal)?;
+            Ok(Reply { status, body: replayed(bus.replay::<A>(&replay).await?)?, replayed: true })
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found(what))
+}
+
+fn render_merchant(executed: Executed<MerchantAggregate>) -> Result<Value, ApiError> {
+    let merchant = executed.state.ok_or_else(ApiError::internal)?;
+    Ok(views::merchant(&merchant, executed.position))
+}
+
+fn render_payment(executed: Executed<PaymentAggregate>) -> Result<Value, ApiError> {
+    let payment = executed.state.ok_or_else(ApiError::internal)?;
+    Ok(views::payment(&payment, executed.position))
+}
+
+// ---------------------------------------------------------------- merchants
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeesBody {
+    percent_bps: u32,
+    fixed: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMerchant {
+    name: String,
+    country: CountryCode,
+    default_currency: Currency,
+    #[serde(default)]
+    settlement_currency: Option<Currency>,
+    tier: Tier,
+    fees: FeesBody,
+}
+
+pub async fn create_merchant(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Json<CreateMerchant>,
+) -> Result<Reply, ApiError> {
+    caller.require(ADMIN)?;
+    let b = body.value;
+    let input = OnboardMerchant {
+        name: b.name,
+        country: b.country,
+        default_currency: b.default_currency,
+        settlement_currency: b.settlement_currency.unwrap_or(b.default_currency),
+        tier: b.tier,
+        fees: FeeSchedule { percent_bps: b.fees.percent_bps, fixed_minor: b.fees.fixed },
+    };
+    let services = &state.services;
+    run(
+        &state,
+        &caller,
+        &body.fingerprint,
+        StatusCode::CREATED,
+        |meta| async move { services.onboard_merchant(&meta, input).await },
+        render_merchant,
+        render_merchant,
+    )
+    .await
+}
+
+pub async fn get_merchant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Reply, ApiError> {
+    caller.require(ADMIN_OR_MERCHANT)?;
+    let id: MerchantId = parse_id(&id, "merchant")?;
+    if !caller.can_see(id) {
+        return Err(ApiError::not_found("merchant"));
+    }
+    let loaded = state.services.bus.load::<MerchantAggregate>(id.as_uuid()).await?;
+    let merchant = loaded.state.ok_or_else(|| ApiError::not_found("merchant"))?;
+    Ok(ok(views::merchant(&merchant, loaded.position)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierBody {
+    tier: Tier,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn change_merchant(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    fingerprint: &str,
+    command: impl Fn(paystream_domain::time::Timestamp) -> MerchantCommand,
+) -> Result<Reply, ApiError> {
+    caller.require(ADMIN)?;
+    let id: MerchantId = parse_id(id, "merchant")?;
+    let services = &state.services;
+    run(
+        state,
+        caller,
+        fingerprint,
+        StatusCode::OK,
+        |meta| async move { services.change_merchant(&meta, id, command).await },
+        render_merchant,
+        render_merchant,
+    )
+    .await
+}
+
+pub async fn suspend_merchant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Json<ReasonBody>,
+) -> Result<Reply, ApiError> {
+    let reason = body.value.reason.unwrap_or_default();
+    change_merchant(&state, &caller, &id, &body.fingerprint, |now| MerchantCommand::Suspend {
+        reason: reason.clone(),
+        now,
+    })
+    .await
+}
+
+pub async fn reactivate_merchant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Json<ReasonBody>,
+) -> Result<Reply, ApiError> {
+    change_merchant(&state, &caller, &id, &body.fingerprint, |now| MerchantCommand::Reactivate { now }).await
+}
+
+pub async fn change_tier(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Json<TierBody>,
+) -> Result<Reply, ApiError> {
+    let TierBody { tier, reason } = body.value;
+    change_merchant(&state, &caller, &id, &body.fingerprint, |now| MerchantCommand::ChangeTier {
+        tier,
+        reason: reason.clone(),
+        now,
+    })
+    .await
+}
+
+pub async fn close_merchant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Json<ReasonBody>,
+) -> Result<Reply, ApiError> {
+    let reason = body.value.reason;
+    change_merchant(&state, &caller, &id, &body.fingerprint, |now| MerchantCommand::Close {
+        reason: reason.clone(),
+        now,
+    })
+    .await
+}
+
+// ---------------------------------------------------------------- api keys
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    role: Role,
+    #[serde(default)]
+    merchant_id: Option<MerchantId>,
+}
+
+fn key_record(executed: &Executed<ApiKeyAggregate>) -> Result<KeyRecord, ApiError> {
+    let key = executed.state.as_ref().ok_or_else(ApiError::internal)?;
+    Ok(KeyRecord { id: key.id, role: key.role, merchant_id: key.merchant_id, revoked: key.revoked })
+}
+
+pub async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Json<CreateKey>,
+) -> Result<Reply, ApiError> {
+    caller.require(ADMIN)?;
+    let CreateKey { role, merchant_id } = body.value;
+    let services = &state.services;
+    run(
+        &state,
+        &caller,
+        &body.fingerprint,
+        StatusCode::CREATED,
+        |meta| async move { services.issue_key(&meta, role, merchant_id).await },
+        |(executed, secret)| Ok(views::api_key(&key_record(&executed)?, Some(&secret), executed.position)),
+        // The secret is shown once only; a replay cannot show it again.
+        |executed| Ok(views::api_key(&key_record(&executed)?, None, executed.position)),
+    )
+    .await
+}
+
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Json<ReasonBody>,
+) -> Result<Reply, ApiError> {
+    caller.require(ADMIN)?;
+    let id: ApiKeyId = parse_id(&id, "api key")?;
+    let services = &state.services;
+    let render =
+        |executed: Executed<ApiKeyAggregate>| Ok(views::api_key(&key_record(&executed)?, None, executed.position));
+    run(
+        &state,
+        &caller,
+        &body.fingerprint,
+        StatusCode::OK,
+        |meta| async move { services.revoke_key(&meta, id).await },
+        render,
+        render,
+    )
+    .await
+}
+
+// ---------------------------------------------------------------- payments
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePayment {
+    amount: i64,
+    currency: Currency,
+    method: PaymentMethodInput,
+    #[serde(default)]
+    capture: Option<CaptureMethod>,
+    #[serde(default)]
+    customer: Option<Customer>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+pub async fn create_payment(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Json<CreatePayment>,
+) -> Result<Reply, ApiError> {
+    caller.require(MERCHANT)?;
+    let merchant_id = caller.key.merchant_id.ok_or_else(ApiError::forbidden)?;
+    let b = body.value;
+    let input = NewPayment {
+        merchant_id,
+        amount: Money::new(b.amount, b.currency),
+        capture_method: b.capture.unwrap_or(CaptureMethod::Automatic),
+        method: b.method,
+        customer: b.customer.unwrap_or_default(),
+        description: b.description,
+        metadata: b.metadata.unwrap_or_default(),
+    };
+    let services = &state.services;
+    run(
+        &state,
+        &caller,
+        &body.fingerprint,
+        StatusCode::CREATED,
+        |meta| async move { services.create_payment(&meta, input).await },
+        render_payment,
+        render_payment,
+    )
+    .await
+}
+
+/// The payment if the caller may see it; 404 otherwise (never revealing
+/// that another merchant's payment exists).
+async fn visible_payment(state: &AppState, caller: &Caller, id: &str) -> Result<(Payment, u64), ApiError> {
+    let id: PaymentId = parse_id(id, "payment")?;
+    let loaded = state.services.bus.load::<PaymentAggregate>(id.as_uuid()).await?;
+    match loaded.state {
+        Some(payment) if caller.can_see(payment.merchant_id) => Ok((payment, loaded.position)),
+        _ => Err(ApiError::not_found("payment")),
+    }
+}
+
+pub async fn get_payment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Reply, ApiError> {
+    caller.require(READERS)?;
+    let (payment, position) = visible_payment(&state, &caller, &id).await?;
+    Ok(ok(views::payment(&payment, position)))
+}
+
+pub async fn payment_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Reply, ApiError> {
+    caller.require(READERS)?;
+    let (payment, _) = visible_payment(&state, &caller, &id).await?;
+    let stream = paystream_commands::stream_id::<PaymentAggregate>(payment.id.as_uuid());
+    let events = state.services.bus.read_stream(&stream).await?;
+    Ok(ok(json!({
+        "object": "list",
+        "data": events.iter().map(views::recorded_event).collect::<Vec<_>>(),
+        "has_more": false,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureBody {
+    #[serde(default)]
+    amount: Option<i64>,
+    #[serde(default)]
+    currency: Option<Currency>,
+    #[serde(default, rename = "final")]
+    final_capture: Option<bool>,
+}
+
+fn amount_input(amount: Option<i64>, currency: Option<Currency>) -> Option<AmountInput> {
+    amount.map(|amount_minor| AmountInput { amount_minor, currency })
+}
+
+/// Who may run a payment command, and the status of its success.
+struct Access {
+    roles: &'static [Role],
+    status: StatusCode,
+}
+
+const MERCHANT_OK: Access = Access { roles: MERCHANT, status: StatusCode::OK };
+const MERCHANT_CREATED: Access = Access { roles: MERCHANT, status: StatusCode::CREATED };
+const REVIEWER_OK: Access = Access { roles: REVIEWERS, status: StatusCode::OK };
+const ADMIN_OK: Access = Access { roles: ADMIN, status: StatusCode::OK };
+const ADMIN_CREATED: Access = Access { roles: ADMIN, status: StatusCode::CREATED };
+
+/// Runs a follow-up command on a payment the caller may act on.
+async fn act_on_payment(
+    state: &AppState,
+    caller: &Caller,
+    access: Access,
+    id: &str,
+    fingerprint: &str,
+    exec: impl AsyncFnOnce(&RequestMeta, PaymentId) -> Result<Executed<PaymentAggregate>, CommandError>,
+    render: impl Fn(Executed<PaymentAggregate>) -> Result<Value, ApiError> + Copy,
+) -> Result<Reply, ApiError> {
+    caller.require(access.roles)?;
+    let (payment, _) = visible_payment(state, caller, id).await?;
+    let payment_id = payment.id;
+    run(state, caller, fingerprint, access.status, |meta| async move { exec(&meta, payment_id).await }, render, render)
+        .await
+}
+
+pub async fn capture_payment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Json<CaptureBody>,
+) -> Result<Reply, ApiError> {
+    let CaptureBody { amount, currency, final_capture } = body.value;
+    let services = &state.services;
+    act_on_payment(
+        &state,
+        &caller,
+        MERCHANT_OK,
+        &id,
+        &body.fingerprint,
+        async |meta, payment_id| {
+            services.capture(meta, payment_id, amount_input(amount, currency), final_capture.unwrap_or(false)).await
+        },
+        render_payment,
+    )
+    .await
+}
+
+pub async fn void_payment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Json<ReasonBody>,
+) -> Result<Reply, ApiError> {
+    let reason = body.value.reason;
+    let services = &state.services;
+    act_on_payment(
+        &state,
+        &caller,
+        MERCHANT_OK,
+        &id,
+        &body.fingerprint,
+        async |meta, payment_id| services.void(meta, payment_id, reason).await,
+        render_payment,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    #[serde(default)]
+    amount: Option<i64>,
+    #[serde(default)]
+    currency: Option<Currency>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn render_refund(executed: Executed<PaymentAggregate>) -> Result<Value, ApiError> {
+    let payment = executed.state.as_ref().ok_or_else(ApiError::internal)?;
+    views::refund(payment, &executed.events).ok_or_else(ApiError::internal)
+}
+
+pub async fn refund_payment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Json<RefundBody>,
+) -> Result<Reply, ApiError> {
+    let RefundBody { amount, currency, reason } = body.value;
+    let services = &state.services;
+    act_on_payment(
+        &state,
+        &caller,
+        MERCHANT_CREATED,
+        &id,
+        &body.fingerprint,
+        async |meta, payment_id| services.refund(meta, payment_id, amount_input(amount, currency), reason).await,
+        render_refund,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewBody {
+    decision: ReviewDecision,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub async fn review_payment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Json<ReviewBody>,
+) -> Result<Reply, ApiError> {
+    let ReviewBody { decision, reason } = body.value;
+    let services = &state.services;
+    act_on_payment(
+        &state,
+        &caller,
+        REVIEWER_OK,
+        &id,
+        &body.fingerprint,
+        async |meta, payment_id| services.review(meta, payment_id, decision, reason).await,
+        render_payment,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisputeBody {
+    amount: i64,
+    #[serde(default)]
+    currency: Option<Currency>,
+    reason: String,
+}
+
+fn render_dispute(executed: Executed<PaymentAggregate>) -> Result<Value, ApiError> {
+    let payment = executed.state.as_ref().ok_or_else(ApiError::internal)?;
+    views::dispute(payment, &executed.events).ok_or_else(ApiError::internal)
+}
+
+pub async fn open_dispute(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Json<DisputeBody>,
+) -> Result<Reply, ApiError> {
+    let DisputeBody { amount, currency, reason } = body.value;
+    let services = &state.services;
+    act_on_payment(
+        &state,
+        &caller,
+        ADMIN_CREATED,
+        &id,
+        &body.fingerprint,
+        async |meta, payment_id| {
+            services.open_dispute(meta, payment_id, AmountInput { amount_minor: amount, currency }, reason).await
+        },
+        render_dispute,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveBody {
+    outcome: DisputeOutcome,
+}
+
+pub async fn resolve_dispute(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, dispute_id)): Path<(String, String)>,
+    body: Json<ResolveBody>,
+) -> Result<Reply, ApiError> {
+    let outcome = body.value.outcome;
+    let dispute_id: DisputeId = parse_id(&dispute_id, "dispute")?;
+    let services = &state.services;
+    act_on_payment(
+        &state,
+        &caller,
+        ADMIN_OK,
+        &id,
+        &body.fingerprint,
+        async |meta, payment_id| services.resolve_dispute(meta, payment_id, dispute_id, outcome).await,
+        render_dispute,
+    )
+    .await
+}
+
+// ---------------------------------------------------------------- misc
+
+pub async fn healthz(State(state): State<AppState>) -> Result<Reply, ApiError> {
+    let head = state.services.bus.store().head().await?;
+    Ok(ok(json!({"status": "ok", "head_position": head, "facts_position": state.services.facts.applied()})))
+}

@@ -1,0 +1,160 @@
+//! `paystream serve`: open the log, catch the facts up, make sure an admin
+//! key exists, serve HTTP until SIGINT/SIGTERM, then drain and close.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use paystream_commands::bus::CommandBus;
+use paystream_commands::facts::Facts;
+use paystream_commands::services::{hash_key, Services};
+use paystream_commands::{RequestMeta, SandboxAcquirer};
+use paystream_domain::api_key::Role;
+use paystream_domain::Context;
+use paystream_store::{EmbeddedStore, EventStore, StoreError};
+use uuid::Uuid;
+
+use crate::app::app;
+use crate::state::AppState;
+
+/// How often lapsed authorizations are looked for.
+pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Most authorizations expired per sweep.
+pub const EXPIRY_SWEEP_BATCH: usize = 1_000;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// Everything that can stop the server from starting.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The card fingerprint key: PAYSTREAM_FINGERPRINT_KEY (hex), else the key
+/// file in the data directory, created on first start.
+fn fingerprint_key(data: &Path) -> Result<Vec<u8>, BoxError> {
+    if let Ok(hex_key) = std::env::var("PAYSTREAM_FINGERPRINT_KEY") {
+        return Ok(hex::decode(hex_key.trim()).map_err(|e| format!("PAYSTREAM_FINGERPRINT_KEY is not hex: {e}"))?);
+    }
+    let dir = data.join("secrets");
+    let path = dir.join("fingerprint.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(hex::decode(text.trim()).map_err(|e| format!("{} is not hex: {e}", path.display()))?),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&dir)?;
+            let key = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+            let tmp = dir.join("fingerprint.key.tmp");
+            {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&tmp)?;
+                file.write_all(key.as_bytes())?;
+                file.sync_all()?;
+            }
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&dir)?.sync_all()?;
+            Ok(hex::decode(key)?)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Opens the log and builds the write side, with the facts caught up.
+pub async fn open(data: &Path) -> Result<(Arc<Services>, Arc<dyn EventStore>), BoxError> {
+    std::fs::create_dir_all(data)?;
+    let store_dir = data.join("log");
+    let store: Arc<dyn EventStore> =
+        Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_dir)).await??);
+    let context = Context::new(fingerprint_key(data)?);
+    let facts = Arc::new(Facts::default());
+    let head = store.head().await?;
+    tokio::spawn({
+        let (facts, store) = (Arc::clone(&facts), Arc::clone(&store));
+        async move {
+            if let Err(error) = facts.follow(store).await {
+                tracing::error!(%error, "the facts follower stopped; restart the server");
+            }
+        }
+    });
+    facts.wait_for(head).await;
+    let bus = Arc::new(CommandBus::new(Arc::clone(&store), context));
+    let services = Arc::new(Services { bus, facts, acquirer: Arc::new(SandboxAcquirer) });
+    Ok((services, store))
+}
+
+/// Makes sure an admin key exists: PAYSTREAM_ADMIN_KEY if set, else a new
+/// one printed once on first start.
+async fn bootstrap_admin(services: &Services) -> Result<(), BoxError> {
+    let meta = RequestMeta::new(Uuid::now_v7(), None);
+    match std::env::var("PAYSTREAM_ADMIN_KEY") {
+        Ok(secret) if !secret.trim().is_empty() && services.facts.key_by_hash(&hash_key(secret.trim())).is_none() => {
+            services.issue_key_with_secret(&meta, Role::Admin, None, secret.trim().to_string()).await?;
+            tracing::info!("admin key from PAYSTREAM_ADMIN_KEY registered");
+        }
+        Ok(secret) if !secret.trim().is_empty() => {}
+        _ if services.facts.key_count() == 0 => {
+            let (_, secret) = services.issue_key(&meta, Role::Admin, None).await?;
+            // Shown once, on stdout, never in a log line.
+            println!("First start: your admin API key (shown once, store it now):\n\n    {secret}\n");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received: finishing in-flight requests");
+}
+
+pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
+    let (services, store) = open(&options.data).await?;
+    bootstrap_admin(&services).await?;
+    let sweeper = tokio::spawn({
+        let services = Arc::clone(&services);
+        async move {
+            let mut interval = tokio::time::interval(EXPIRY_SWEEP_INTERVAL);
+            loop {
+                interval.tick().await;
+                let meta = RequestMeta::new(Uuid::now_v7(), None);
+                match services.expire_due(&meta, EXPIRY_SWEEP_BATCH).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(expired = n, "authorizations expired"),
+                    Err(error) => tracing::warn!(%error, "expiry sweep failed"),
+                }
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, data = %options.data.display(), "paystream listening");
+    // A line tests and scripts can wait for.
+    println!("listening on http://{local}");
+    let router = app(AppState { services: Arc::clone(&services) });
+    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+    sweeper.abort();
+    match store.close().await {
+        Ok(()) | Err(StoreError::Closed) => {}
+        Err(error) => return Err(error.into()),
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! The one application state every handler shares.
+
+use std::sync::Arc;
+
+use paystream_commands::services::Services;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub services: Arc<Services>,
+}

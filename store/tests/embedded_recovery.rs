@@ -1,0 +1,313 @@
+//! Embedded-backend recovery: torn tails, damage in the middle, lost or stale sled.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::open_embedded;
+use paystream_store::contract::{event, keyed_event};
+use paystream_store::{EmbeddedStore, EventStore, ExpectedVersion, RecordedEvent, StoreError};
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<_> = fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// (offset, total length) of each record of a segment, by hopping over headers.
+fn records(segment: &Path) -> Vec<(usize, usize)> {
+    let buf = fs::read(segment).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 12 <= buf.len() && &buf[at..at + 4] == b"PSR1" {
+        let len = 12 + u32::from_le_bytes(buf[at + 4..at + 8].try_into().unwrap()) as usize;
+        out.push((at, len));
+        at += len;
+    }
+    out
+}
+
+async fn read_everything(store: &dyn EventStore) -> Vec<RecordedEvent> {
+    let mut out = Vec::new();
+    loop {
+        let batch = store.read_all(out.len() as u64 + 1, 10_000).await.unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
+/// Appends `n` single-event appends (about 450 bytes each) round-robin over 7 streams,
+/// every 5th with a key.
+async fn fill(store: &EmbeddedStore, n: u64) {
+    let head = store.head().await.unwrap();
+    for i in head..head + n {
+        let mut e = if i % 5 == 0 { keyed_event(&format!("key-{i}")) } else { event("Filled", i) };
+        e.payload = format!(r#"{{"n":{i},"pad":"{}"}}"#, "x".repeat(250)).into_bytes();
+        store.append(&format!("stream-{}", i % 7), ExpectedVersion::Any, vec![e]).await.unwrap();
+    }
+}
+
+/// Everything a reader can ask, to compare stores before and after recovery.
+async fn snapshot(
+    store: &dyn EventStore,
+) -> (u64, Vec<RecordedEvent>, Vec<Vec<RecordedEvent>>, Vec<Option<paystream_store::AppendResult>>) {
+    let head = store.head().await.unwrap();
+    let all = read_everything(store).await;
+    let mut streams = Vec::new();
+    for s in 0..8 {
+        let id = format!("stream-{s}");
+        let events = store.read_stream(&id, 1, 1_000_000).await.unwrap();
+        assert_eq!(store.stream_version(&id).await.unwrap(), events.len() as u64);
+        streams.push(events);
+    }
+    let mut keys = Vec::new();
+    for i in (0..head + 10).step_by(5) {
+        keys.push(store.find_idempotent(&format!("key-{i}")).await.unwrap());
+    }
+    (head, all, streams, keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_tail_in_the_middle_of_a_record_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    fill(&store, 300).await;
+    let before = read_everything(&store).await;
+    store.close().await.unwrap();
+    drop(store);
+
+    let last = segments(dir.path()).pop().unwrap();
+    let (offset, len) = *records(&last).last().unwrap();
+    let file = fs::OpenOptions::new().write(true).open(&last).unwrap();
+    file.set_len((offset + len / 2) as u64).unwrap();
+    drop(file);
+
+    let store = open_embedded(dir.path()).await.unwrap();
+    assert_eq!(store.head().await.unwrap(), 299);
+    assert_eq!(read_everything(&store).await, before[..299]);
+    assert!(store.verify(0, None).await.unwrap().is_ok());
+    // The log continues where the whole records end, chain included.
+    let r = store.append("stream-0", ExpectedVersion::Any, vec![event("After", 0)]).await.unwrap();
+    assert_eq!(r.first_position, 299 + 1);
+    let report = store.verify(0, None).await.unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.checked, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_the_last_record_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    fill(&store, 50).await;
+    let before = read_everything(&store).await;
+    store.close().await.unwrap();
+    drop(store);
+
+    // Half of a record that was being written when the power went: the copy of a real
+    // record header and some of its body, after the last whole record.
+    let last = segments(dir.path()).pop().unwrap();
+    let recs = records(&last);
+    let (offset, len) = *recs.last().unwrap();
+    let mut buf = fs::read(&last).unwrap();
+    let partial = buf[offset..offset + len / 2].to_vec();
+    buf[offset + len..offset + len + partial.len()].copy_from_slice(&partial);
+    fs::write(&last, &buf).unwrap();
+
+    let store = open_embedded(dir.path()).await.unwrap();
+    assert_eq!(read_everything(&store).await, before);
+    store.close().await.unwrap();
+    drop(store);
+    // The garbage was zeroed, not just skipped.
+    let after = fs::read(&last).unwrap();
+    assert!(after[offset + len..].iter().all(|&b| b == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_last_group_commit_is_cut_even_with_whole_records_after_the_tear() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    fill(&store, 40).await;
+    // One append of 10 events is one group commit; pages of an unsynced write can reach
+    // the disk in any order, so its 5th record may be torn while the 6th..10th are whole.
+    let events = (0..10).map(|i| event("Batch", i)).collect();
+    store.append("stream-batch", ExpectedVersion::NoStream, events).await.unwrap();
+    let before = read_everything(&store).await;
+    store.close().await.unwrap();
+    drop(store);
+
+    let last = segments(dir.path()).pop().unwrap();
+    let recs = records(&last);
+    let (offset, len) = recs[recs.len() - 6];
+    let mut buf = fs::read(&last).unwrap();
+    buf[offset + len / 2] ^= 0x40;
+    fs::write(&last, &buf).unwrap();
+    // The crash came before the indexer saw the batch (it only indexes synced records).
+    fs::remove_dir_all(dir.path().join("index")).unwrap();
+
+    let store = open_embedded(dir.path()).await.unwrap();
+    assert_eq!(store.head().await.unwrap(), 44);
+    assert_eq!(read_everything(&store).await, before[..44]);
+    assert_eq!(store.stream_version("stream-batch").await.unwrap(), 4);
+    assert!(store.verify(0, None).await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_byte_in_the_middle_is_reported_never_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    fill(&store, 200).await;
+    let before = read_everything(&store).await;
+    store.close().await.unwrap();
+    drop(store);
+
+    let seg = segments(dir.path()).pop().unwrap();
+    let recs = records(&seg);
+    assert_eq!(recs.len(), 200, "one segment");
+    let (offset, len) = recs[99]; // position 100
+    let mut buf = fs::read(&seg).unwrap();
+    buf[offset + len - 100] ^= 0x01;
+    fs::write(&seg, &buf).unwrap();
+
+    let store = open_embedded(dir.path()).await.unwrap();
+    let report = store.verify(0, None).await.unwrap();
+    assert_eq!(report.first_bad.as_ref().map(|(p, _)| *p), Some(100), "{report}");
+    assert_eq!(report.checked, 99);
+    assert_eq!(report.head_hash, before[98].hash);
+    match store.read_all(1, 1_000).await {
+        Err(StoreError::Corrupt { position: Some(100), .. }) => {}
+        other => panic!("expected Corrupt at 100, got {other:?}"),
+    }
+    match store.read_all(100, 1).await {
+        Err(StoreError::Corrupt { position: Some(100), .. }) => {}
+        other => panic!("expected Corrupt at 100, got {other:?}"),
+    }
+    assert_eq!(store.read_all(101, 1_000).await.unwrap(), before[100..]);
+    assert_eq!(store.read_all(1, 99).await.unwrap(), before[..99]);
+    let stream = &before[99].stream_id;
+    assert!(matches!(store.read_stream(stream, 1, 1_000).await, Err(StoreError::Corrupt { position: Some(100), .. })));
+    let tail = store.verify(102, None).await.unwrap();
+    assert!(tail.is_ok(), "{tail}");
+    assert_eq!(tail.checked, 99);
+    let linked = store.verify(101, None).await.unwrap();
+    assert_eq!(linked.first_bad.map(|(p, _)| p), Some(100), "the link into 101 needs 100");
+    store.close().await.unwrap();
+    drop(store);
+
+    // Without sled, open has to read the whole log: it refuses, and truncates nothing.
+    fs::remove_dir_all(dir.path().join("index")).unwrap();
+    match open_embedded(dir.path()).await {
+        Err(StoreError::Corrupt { position: Some(100), detail }) => assert!(detail.contains("refusing"), "{detail}"),
+        other => panic!("expected Corrupt at 100, got {other:?}"),
+    }
+    assert_eq!(fs::read(&seg).unwrap(), buf, "nothing was cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_record_with_a_valid_crc_is_found_by_the_hash_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    fill(&store, 30).await;
+    store.close().await.unwrap();
+    drop(store);
+
+    // A deliberate edit: change the payload of position 17 and fix up the CRC.
+    let seg = segments(dir.path()).pop().unwrap();
+    let (offset, len) = records(&seg)[16];
+    let mut buf = fs::read(&seg).unwrap();
+    let body = offset + 12..offset + len;
+    let pos = buf[body.clone()].windows(7).position(|w| w == b"{\"n\":16").unwrap();
+    buf[body.start + pos + 5] = b'9';
+    let crc = crc32c::crc32c(&buf[body.clone()]);
+    buf[offset + 8..offset + 12].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&seg, &buf).unwrap();
+
+    let store = open_embedded(dir.path()).await.unwrap();
+    let report = store.verify(0, None).await.unwrap();
+    let (position, reason) = report.first_bad.clone().unwrap();
+    assert_eq!(position, 17, "{report}");
+    assert!(reason.contains("altered"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_sled_is_rebuilt_with_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    fill(&store, 5_000).await; // several segments, position chunks in more than one
+    let before = snapshot(&store).await;
+    let verified = store.verify(0, None).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    assert!(segments(dir.path()).len() > 1);
+
+    fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    assert_eq!(snapshot(&store).await, before);
+    assert_eq!(store.verify(0, None).await.unwrap(), verified);
+    assert!(matches!(
+        store.append("x", ExpectedVersion::Any, vec![keyed_event("key-5")]).await,
+        Err(StoreError::DuplicateIdempotencyKey { .. })
+    ));
+    store.close().await.unwrap();
+    drop(store);
+
+    // And the rebuilt sled is used on the next open.
+    let store = open_embedded(dir.path()).await.unwrap();
+    assert_eq!(snapshot(&store).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_or_foreign_sled_is_caught_up_or_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    fill(&store, 1_500).await;
+    store.close().await.unwrap();
+    drop(store);
+    let stale = tempfile::tempdir().unwrap();
+    copy_dir(&dir.path().join("index"), stale.path());
+
+    let store = open_embedded(dir.path()).await.unwrap();
+    fill(&store, 1_000).await;
+    let before = snapshot(&store).await;
+    store.close().await.unwrap();
+    drop(store);
+
+    // sled behind the log: the tail is indexed from the log.
+    fs::remove_dir_all(dir.path().join("index")).unwrap();
+    copy_dir(stale.path(), &dir.path().join("index"));
+    let store = open_embedded(dir.path()).await.unwrap();
+    assert_eq!(snapshot(&store).await, before);
+    store.close().await.unwrap();
+    drop(store);
+
+    // sled of another log: detected by the hash at its indexed position, and rebuilt.
+    let other = tempfile::tempdir().unwrap();
+    let foreign = open_embedded(other.path()).await.unwrap();
+    fill(&foreign, 2_000).await;
+    foreign.close().await.unwrap();
+    drop(foreign);
+    fs::remove_dir_all(dir.path().join("index")).unwrap();
+    copy_dir(&other.path().join("index"), &dir.path().join("index"));
+    let store = open_embedded(dir.path()).await.unwrap();
+    assert_eq!(snapshot(&store).await, before);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
