@@ -6,6 +6,7 @@
 //! HTTP in one place (`error.rs`).
 
 pub mod app;
+pub mod bench_http;
 pub mod error;
 pub mod extract;
 pub mod handlers;

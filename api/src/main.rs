@@ -4,6 +4,7 @@
 //! paystream serve [--data DIR] [--listen ADDR]    run the HTTP API (default ./data, 127.0.0.1:8080)
 //! paystream verify [--data DIR]                   check the log's hash chain
 //! paystream bench store [--events N] [--dir DIR]  event log benchmark (docs/performance.md)
+//! paystream bench http [--clients 64] [--seconds 10] payment API load test (docs/performance.md)
 //! ```
 
 use std::net::SocketAddr;
@@ -16,7 +17,8 @@ use paystream_store::{EmbeddedStore, EventStore};
 const USAGE: &str = "usage:
   paystream serve [--data DIR] [--listen ADDR]
   paystream verify [--data DIR]
-  paystream bench store [--events N] [--dir DIR]";
+  paystream bench store [--events N] [--dir DIR]
+  paystream bench http [--clients 64] [--seconds 10] [--url HOST:PORT --admin-key KEY] [--data DIR]";
 
 struct Args {
     positional: Vec<String>,
@@ -95,6 +97,39 @@ async fn run(args: Args) -> Result<(), BoxError> {
             println!("{report}");
             if args.option("dir").is_none() {
                 let _ = std::fs::remove_dir_all(&dir);
+            }
+            Ok(())
+        }
+        ["bench", "http"] => {
+            args.check_known(&["clients", "seconds", "url", "admin-key", "data"])?;
+            let clients = args.option("clients").unwrap_or("64").parse().map_err(|e| format!("--clients: {e}"))?;
+            let seconds: u64 = args.option("seconds").unwrap_or("10").parse().map_err(|e| format!("--seconds: {e}"))?;
+            let target = match (args.option("url"), args.option("admin-key")) {
+                (Some(url), Some(key)) => {
+                    let addr = url
+                        .trim_start_matches("http://")
+                        .trim_end_matches('/')
+                        .parse()
+                        .map_err(|e| format!("--url: {e}"))?;
+                    Some((addr, key.to_string()))
+                }
+                (None, None) => None,
+                _ => return Err("--url and --admin-key go together".into()),
+            };
+            let data = match args.option("data") {
+                Some(dir) => PathBuf::from(dir),
+                None => std::env::temp_dir().join(format!("paystream-bench-http-{}", std::process::id())),
+            };
+            let options = paystream_api::bench_http::HttpBenchOptions {
+                clients,
+                duration: std::time::Duration::from_secs(seconds),
+                target,
+                data: data.clone(),
+            };
+            let report = paystream_api::bench_http::run(options).await?;
+            println!("{report}");
+            if args.option("data").is_none() {
+                let _ = std::fs::remove_dir_all(&data);
             }
             Ok(())
         }

@@ -85,7 +85,7 @@ pub async fn open(data: &Path) -> Result<(Arc<Services>, Arc<dyn EventStore>), B
 
 /// Makes sure an admin key exists: PAYSTREAM_ADMIN_KEY if set, else a new
 /// one printed once on first start.
-async fn bootstrap_admin(services: &Services) -> Result<(), BoxError> {
+pub async fn bootstrap_admin(services: &Services) -> Result<(), BoxError> {
     let meta = RequestMeta::new(Uuid::now_v7(), None);
     match std::env::var("PAYSTREAM_ADMIN_KEY") {
         Ok(secret) if !secret.trim().is_empty() && services.facts.key_by_hash(&hash_key(secret.trim())).is_none() => {
