@@ -87,6 +87,7 @@ impl DomainEvent for ApiKeyEvent {
     }
 }
 
+#[derive(Debug)]
 pub struct ApiKeyAggregate;
 
 impl Aggregate for ApiKeyAggregate {

@@ -245,6 +245,7 @@ fn decide_new(command: MerchantCommand) -> Result<Vec<MerchantEvent>, DomainErro
 }
 
 /// The Merchant aggregate.
+#[derive(Debug)]
 pub struct MerchantAggregate;
 
 impl Aggregate for MerchantAggregate {

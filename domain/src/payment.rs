@@ -514,6 +514,7 @@ impl Payment {
 }
 
 /// The Payment aggregate.
+#[derive(Debug)]
 pub struct PaymentAggregate;
 
 impl Aggregate for PaymentAggregate {
