@@ -17,12 +17,13 @@ use paystream_domain::id::{ApiKeyId, DisputeId, MerchantId, PaymentId};
 use paystream_domain::merchant::{FeeSchedule, MerchantAggregate, MerchantCommand, Tier};
 use paystream_domain::method::PaymentMethodInput;
 use paystream_domain::payment::{
-    AmountInput, CaptureMethod, Customer, DisputeOutcome, Payment, PaymentAggregate, ReviewDecision,
+    AmountInput, CaptureMethod, Customer, DisputeOutcome, Payment, PaymentAggregate, PaymentStatus, ReviewDecision,
 };
 use paystream_domain::{Aggregate, Currency, Money};
 use paystream_store::StoreError;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{Caller, Json};
@@ -58,7 +59,8 @@ fn ok(body: Value) -> Reply {
 
 /// Runs a command with idempotency: a request carrying an Idempotency-Key
 /// already seen with the same body gets the first response back (rendered
-/// from the log as that request left it); with another body, 409.
+/// from the log as that request left it, by `replayed`, which also gets the
+/// original request's correlation id); with another body, 409.
 async fn run<A, T, Fut>(
     state: &AppState,
     caller: &Caller,
@@ -66,7 +68,7 @@ async fn run<A, T, Fut>(
     status: StatusCode,
     exec: impl FnOnce(RequestMeta) -> Fut,
     fresh: impl FnOnce(T) -> Result<Value, ApiError>,
-    replayed: impl FnOnce(Executed<A>) -> Result<Value, ApiError>,
+    replayed: impl AsyncFnOnce(Executed<A>, Uuid) -> Result<Value, ApiError>,
 ) -> Result<Reply, ApiError>
 where
     A: Aggregate,
@@ -79,7 +81,7 @@ where
     };
     let _guard = bus.idempotency_guard(&key).await;
     if let Some(replay) = bus.find_replay(&key, fingerprint).await? {
-        let body = replayed(bus.replay::<A>(&replay).await?)?;
+        let body = replayed(bus.replay::<A>(&replay).await?, replay.correlation_id).await?;
         return Ok(Reply { status, body, replayed: true });
     }
     match exec(meta).await {
@@ -87,7 +89,8 @@ where
         // Another node won the race for this key: replay its response.
         Err(CommandError::Store(StoreError::DuplicateIdempotencyKey { .. })) => {
             let replay = bus.find_replay(&key, fingerprint).await?.ok_or_else(ApiError::internal)?;
-            Ok(Reply { status, body: replayed(bus.replay::<A>(&replay).await?)?, replayed: true })
+            let body = replayed(bus.replay::<A>(&replay).await?, replay.correlation_id).await?;
+            Ok(Reply { status, body, replayed: true })
         }
         Err(error) => Err(error.into()),
     }
@@ -151,7 +154,7 @@ pub async fn create_merchant(
         StatusCode::CREATED,
         |meta| async move { services.onboard_merchant(&meta, input).await },
         render_merchant,
-        render_merchant,
+        async |executed, _| render_merchant(executed),
     )
     .await
 }
@@ -203,7 +206,7 @@ async fn change_merchant(
         StatusCode::OK,
         |meta| async move { services.change_merchant(&meta, id, command).await },
         render_merchant,
-        render_merchant,
+        async |executed, _| render_merchant(executed),
     )
     .await
 }
@@ -291,7 +294,7 @@ pub async fn create_key(
         |meta| async move { services.issue_key(&meta, role, merchant_id).await },
         |(executed, secret)| Ok(views::api_key(&key_record(&executed)?, Some(&secret), executed.position)),
         // The secret is shown once only; a replay cannot show it again.
-        |executed| Ok(views::api_key(&key_record(&executed)?, None, executed.position)),
+        async |executed, _| Ok(views::api_key(&key_record(&executed)?, None, executed.position)),
     )
     .await
 }
@@ -314,7 +317,7 @@ pub async fn revoke_key(
         StatusCode::OK,
         |meta| async move { services.revoke_key(&meta, id).await },
         render,
-        render,
+        async |executed, _| render(executed),
     )
     .await
 }
@@ -355,6 +358,8 @@ pub async fn create_payment(
         metadata: b.metadata.unwrap_or_default(),
     };
     let services = &state.services;
+    let method = input.method.clone();
+    let resume_meta = caller.meta(&body.fingerprint).followup();
     run(
         &state,
         &caller,
@@ -362,7 +367,20 @@ pub async fn create_payment(
         StatusCode::CREATED,
         |meta| async move { services.create_payment(&meta, input).await },
         render_payment,
-        render_payment,
+        // A retry of a request that was cut off (crash) after the payment was
+        // initiated but before the acquirer's answer was recorded finishes it:
+        // the retry carries the instrument again, and the events it adds
+        // carry the original request's correlation id.
+        async |executed: Executed<PaymentAggregate>, correlation_id| {
+            let awaiting = executed.state.as_ref().filter(|p| p.status() == PaymentStatus::Pending && p.risk.is_some());
+            match awaiting {
+                Some(payment) => {
+                    let meta = RequestMeta { correlation_id, ..resume_meta };
+                    render_payment(services.authorize(&meta, payment.id, payment.amount, &method).await?)
+                }
+                None => render_payment(executed),
+            }
+        },
     )
     .await
 }
@@ -444,8 +462,17 @@ async fn act_on_payment(
     caller.require(access.roles)?;
     let (payment, _) = visible_payment(state, caller, id).await?;
     let payment_id = payment.id;
-    run(state, caller, fingerprint, access.status, |meta| async move { exec(&meta, payment_id).await }, render, render)
-        .await
+    let replayed = async |executed, _| render(executed);
+    run(
+        state,
+        caller,
+        fingerprint,
+        access.status,
+        |meta| async move { exec(&meta, payment_id).await },
+        render,
+        replayed,
+    )
+    .await
 }
 
 pub async fn capture_payment(

@@ -208,17 +208,31 @@ impl Services {
         if !awaiting {
             return Ok(initiated);
         }
-        let request = AuthorizationRequest { payment_id, amount: input.amount, method: &input.method };
-        let outcome = authorize_with_timeout(self.acquirer.as_ref(), request).await;
-        let answered = self
-            .bus
-            .execute::<PaymentAggregate>(payment_id.as_uuid(), &meta.followup(), |_| {
-                Ok(PaymentCommand::RecordAuthorization { outcome: outcome.clone(), now: now_after(now) })
-            })
-            .await?;
+        let answered = self.authorize(&meta.followup(), payment_id, input.amount, &input.method).await?;
         let mut events = initiated.events;
         events.extend(answered.events);
         Ok(Executed { state: answered.state, events, position: answered.position })
+    }
+
+    /// Asks the acquirer to authorize a payment waiting for it and records
+    /// the answer (capturing at once for automatic capture). Real acquirers
+    /// take the payment id as their idempotency key, so asking twice for the
+    /// same payment holds the funds once.
+    pub async fn authorize(
+        &self,
+        meta: &RequestMeta,
+        payment_id: PaymentId,
+        amount: Money,
+        method: &PaymentMethodInput,
+    ) -> Result<Executed<PaymentAggregate>, CommandError> {
+        let started = now();
+        let request = AuthorizationRequest { payment_id, amount, method };
+        let outcome = authorize_with_timeout(self.acquirer.as_ref(), request).await;
+        self.bus
+            .execute::<PaymentAggregate>(payment_id.as_uuid(), meta, |_| {
+                Ok(PaymentCommand::RecordAuthorization { outcome: outcome.clone(), now: now_after(started) })
+            })
+            .await
     }
 
     /// Any follow-up command on an existing payment.

@@ -188,3 +188,40 @@ async fn facts_count_velocity_and_daily_volume() {
     let instrument = card("5555555555554444").summarize(now, &test_context().fingerprint_key).unwrap().instrument_key();
     assert_eq!(w.services.facts.risk_signals(merchant_id, &instrument, None, now).instrument_attempts_last_hour, 3);
 }
+
+#[tokio::test]
+async fn a_payment_cut_off_before_the_acquirer_answer_can_be_finished() {
+    use paystream_domain::payment::{InitiatePayment, PaymentAggregate, PaymentCommand};
+    let w = world().await;
+    let merchant_id = merchant(&w.services).await;
+    let merchant = w.services.merchant(merchant_id).await.unwrap().unwrap();
+    // Only the first append of create_payment happened (the process died).
+    let payment_id = paystream_domain::id::PaymentId::from_uuid(Uuid::now_v7());
+    let input = payment(merchant_id, "4242424242424242", CaptureMethod::Automatic);
+    let initiated = w
+        .services
+        .bus
+        .execute::<PaymentAggregate>(payment_id.as_uuid(), &meta(), |_| {
+            Ok(PaymentCommand::Initiate(Box::new(InitiatePayment {
+                payment_id,
+                merchant: merchant.clone(),
+                amount: input.amount,
+                capture_method: input.capture_method,
+                method: input.method.clone(),
+                customer: input.customer.clone(),
+                description: None,
+                metadata: BTreeMap::new(),
+                daily_volume: Money::zero(Currency::SGD),
+                signals: Default::default(),
+                now: paystream_commands::services::now(),
+            })))
+        })
+        .await
+        .unwrap();
+    assert_eq!(initiated.state.unwrap().status(), PaymentStatus::Pending);
+    let finished = w.services.authorize(&meta(), payment_id, input.amount, &input.method).await.unwrap();
+    assert_eq!(finished.state.unwrap().status(), PaymentStatus::Captured);
+    // Asking again is refused by the rules: the answer is recorded once.
+    let again = w.services.authorize(&meta(), payment_id, input.amount, &input.method).await.unwrap_err();
+    assert!(matches!(again, CommandError::Rejected(e) if e.code() == "payment_not_awaiting_authorization"));
+}
