@@ -73,7 +73,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
         ["verify"] => {
             args.check_known(&["data"])?;
-            let dir = args.data().join("log");
+            let dir = args.data();
             let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)).await??;
             let report = store.verify(0, None).await?;
             println!("{report}");

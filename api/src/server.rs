@@ -63,7 +63,7 @@ fn fingerprint_key(data: &Path) -> Result<Vec<u8>, BoxError> {
 /// Opens the log and builds the write side, with the facts caught up.
 pub async fn open(data: &Path) -> Result<(Arc<Services>, Arc<dyn EventStore>), BoxError> {
     std::fs::create_dir_all(data)?;
-    let store_dir = data.join("log");
+    let store_dir = data.to_path_buf();
     let store: Arc<dyn EventStore> =
         Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_dir)).await??);
     let context = Context::new(fingerprint_key(data)?);

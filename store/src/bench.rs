@@ -147,12 +147,11 @@ async fn write_phase(
     writers: usize,
     duration: Duration,
     payload_bytes: usize,
-    phase: usize,
 ) -> Result<WritePhase, StoreError> {
     let started = Instant::now();
     let deadline = started + duration;
     let tasks: Vec<_> = (0..writers)
-        .map(|w| {
+        .map(|_| {
             let store = Arc::clone(store);
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -172,7 +171,6 @@ async fn write_phase(
                     version = r.last_version;
                     n += 1;
                 }
-                let _ = (w, phase);
                 Ok::<_, StoreError>(latencies)
             })
         })
@@ -240,8 +238,8 @@ async fn open(dir: &Path, options: &EmbeddedOptions) -> Result<Arc<EmbeddedStore
 pub async fn run_store_bench(dir: &Path, opts: BenchOptions) -> Result<BenchReport, StoreError> {
     let store = open(dir, &opts.store).await?;
     let mut writes = Vec::new();
-    for (phase, &writers) in opts.writer_counts.iter().enumerate() {
-        writes.push(write_phase(&store, writers, opts.phase_duration, opts.payload_bytes, phase).await?);
+    for &writers in &opts.writer_counts {
+        writes.push(write_phase(&store, writers, opts.phase_duration, opts.payload_bytes).await?);
     }
     let fill_started = Instant::now();
     let fill_events = fill(&store, opts.events, opts.payload_bytes).await?;

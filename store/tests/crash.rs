@@ -140,6 +140,7 @@ fn kill_9_under_load_loses_no_acknowledged_event() {
                 all.extend(batch);
             }
             let head = store.head().await.unwrap();
+            assert_eq!(store.open_report().sled_dropped, None, "sled survives kill -9 (round {round})");
             assert_eq!(all.len() as u64, head);
             assert!(all.iter().enumerate().all(|(i, e)| e.position == i as u64 + 1), "gap-free");
             let ids: HashSet<Uuid> = all.iter().map(|e| e.event_id).collect();

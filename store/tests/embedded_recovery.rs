@@ -159,18 +159,22 @@ async fn torn_last_group_commit_is_cut_even_with_whole_records_after_the_tear() 
     assert!(store.verify(0, None).await.unwrap().is_ok());
 }
 
+/// Positions sled has indexed (whole chunks of 1,024) are not re-read on open; damage
+/// there is found by reads (CRC) and `verify`. 2,100 events: positions 1..=2048 indexed.
+const INDEXED: u64 = 2_048;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_byte_in_the_middle_is_reported_never_returned() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_embedded(dir.path()).await.unwrap();
-    fill(&store, 200).await;
+    fill(&store, 2_100).await;
     let before = read_everything(&store).await;
     store.close().await.unwrap();
     drop(store);
 
     let seg = segments(dir.path()).pop().unwrap();
     let recs = records(&seg);
-    assert_eq!(recs.len(), 200, "one segment");
+    assert_eq!(recs.len(), 2_100, "one segment");
     let (offset, len) = recs[99]; // position 100
     let mut buf = fs::read(&seg).unwrap();
     buf[offset + len - 100] ^= 0x01;
@@ -181,7 +185,7 @@ async fn flipped_byte_in_the_middle_is_reported_never_returned() {
     assert_eq!(report.first_bad.as_ref().map(|(p, _)| *p), Some(100), "{report}");
     assert_eq!(report.checked, 99);
     assert_eq!(report.head_hash, before[98].hash);
-    match store.read_all(1, 1_000).await {
+    match store.read_all(1, 10_000).await {
         Err(StoreError::Corrupt { position: Some(100), .. }) => {}
         other => panic!("expected Corrupt at 100, got {other:?}"),
     }
@@ -189,13 +193,13 @@ async fn flipped_byte_in_the_middle_is_reported_never_returned() {
         Err(StoreError::Corrupt { position: Some(100), .. }) => {}
         other => panic!("expected Corrupt at 100, got {other:?}"),
     }
-    assert_eq!(store.read_all(101, 1_000).await.unwrap(), before[100..]);
+    assert_eq!(store.read_all(101, 10_000).await.unwrap(), before[100..]);
     assert_eq!(store.read_all(1, 99).await.unwrap(), before[..99]);
     let stream = &before[99].stream_id;
-    assert!(matches!(store.read_stream(stream, 1, 1_000).await, Err(StoreError::Corrupt { position: Some(100), .. })));
+    assert!(matches!(store.read_stream(stream, 1, 10_000).await, Err(StoreError::Corrupt { position: Some(100), .. })));
     let tail = store.verify(102, None).await.unwrap();
     assert!(tail.is_ok(), "{tail}");
-    assert_eq!(tail.checked, 99);
+    assert_eq!(tail.checked, 2_100 - 101);
     let linked = store.verify(101, None).await.unwrap();
     assert_eq!(linked.first_bad.map(|(p, _)| p), Some(100), "the link into 101 needs 100");
     store.close().await.unwrap();
@@ -204,8 +208,30 @@ async fn flipped_byte_in_the_middle_is_reported_never_returned() {
     // Without sled, open has to read the whole log: it refuses, and truncates nothing.
     fs::remove_dir_all(dir.path().join("index")).unwrap();
     match open_embedded(dir.path()).await {
-        Err(StoreError::Corrupt { position: Some(100), detail }) => assert!(detail.contains("refusing"), "{detail}"),
+        Err(StoreError::Corrupt { position: Some(100), detail }) => {
+            assert!(detail.contains("refusing"), "{detail}")
+        }
         other => panic!("expected Corrupt at 100, got {other:?}"),
+    }
+    assert_eq!(fs::read(&seg).unwrap(), buf, "nothing was cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_byte_in_the_unindexed_part_fails_open_and_cuts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    fill(&store, 2_100).await;
+    store.close().await.unwrap();
+    drop(store);
+
+    let seg = segments(dir.path()).pop().unwrap();
+    let (offset, len) = records(&seg)[INDEXED as usize + 9]; // position 2058, after sled's part
+    let mut buf = fs::read(&seg).unwrap();
+    buf[offset + len / 2] ^= 0x80;
+    fs::write(&seg, &buf).unwrap();
+    match open_embedded(dir.path()).await {
+        Err(StoreError::Corrupt { position: Some(2_058), .. }) => {}
+        other => panic!("expected Corrupt at 2058, got {other:?}"),
     }
     assert_eq!(fs::read(&seg).unwrap(), buf, "nothing was cut");
 }
@@ -214,7 +240,7 @@ async fn flipped_byte_in_the_middle_is_reported_never_returned() {
 async fn altered_record_with_a_valid_crc_is_found_by_the_hash_chain() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_embedded(dir.path()).await.unwrap();
-    fill(&store, 30).await;
+    fill(&store, 1_100).await;
     store.close().await.unwrap();
     drop(store);
 
@@ -234,6 +260,12 @@ async fn altered_record_with_a_valid_crc_is_found_by_the_hash_chain() {
     let (position, reason) = report.first_bad.clone().unwrap();
     assert_eq!(position, 17, "{report}");
     assert!(reason.contains("altered"), "{reason}");
+    store.close().await.unwrap();
+    drop(store);
+
+    // Rebuilding the index re-checks every hash: open refuses.
+    fs::remove_dir_all(dir.path().join("index")).unwrap();
+    assert!(matches!(open_embedded(dir.path()).await, Err(StoreError::Corrupt { position: Some(17), .. })));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,6 +292,8 @@ async fn deleted_sled_is_rebuilt_with_the_same_answers() {
 
     // And the rebuilt sled is used on the next open.
     let store = open_embedded(dir.path()).await.unwrap();
+    assert_eq!(store.open_report().sled_dropped, None);
+    assert_eq!(store.open_report().indexed_in_sled, 4_096);
     assert_eq!(snapshot(&store).await, before);
 }
 
@@ -309,5 +343,35 @@ fn copy_dir(from: &Path, to: &Path) {
         } else {
             fs::copy(entry.path(), target).unwrap();
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_appends_across_index_chunks_reopen_from_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    // Appends of 7 events with a key: some start in one chunk of 1,024 and end in the next.
+    for n in 0..300u64 {
+        let mut events: Vec<_> = (0..7).map(|k| event("Multi", n * 7 + k)).collect();
+        events[0] = keyed_event(&format!("multi-{n}"));
+        store.append(&format!("multi-{}", n % 13), ExpectedVersion::Any, events).await.unwrap();
+    }
+    let head = store.head().await.unwrap();
+    let results: Vec<_> = {
+        let mut r = Vec::new();
+        for n in 0..300u64 {
+            r.push(store.find_idempotent(&format!("multi-{n}")).await.unwrap().unwrap());
+        }
+        r
+    };
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open_embedded(dir.path()).await.unwrap();
+    assert_eq!(store.open_report().sled_dropped, None, "sled is trusted");
+    assert_eq!(store.open_report().indexed_in_sled, 2_048);
+    assert_eq!(store.head().await.unwrap(), head);
+    for (n, want) in results.iter().enumerate() {
+        assert_eq!(store.find_idempotent(&format!("multi-{n}")).await.unwrap().as_ref(), Some(want));
     }
 }

@@ -1,4 +1,4 @@
-//! `store-bench [--events N] [--dir D] [--phase-secs S]`: durable append and read
+//! `store-bench [--events N] [--dir D] [--phase-secs S] [--writers 1,8,64,256]`: durable append and read
 //! throughput of the embedded event log, printed as a markdown table.
 
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use paystream_store::bench::{run_store_bench, BenchOptions};
 
-const USAGE: &str = "usage: store-bench [--events N] [--dir D] [--phase-secs S]";
+const USAGE: &str = "usage: store-bench [--events N] [--dir D] [--phase-secs S] [--writers 1,8,64,256]";
 
 fn parse() -> Result<(BenchOptions, Option<PathBuf>), String> {
     let mut opts = BenchOptions::default();
@@ -21,6 +21,12 @@ fn parse() -> Result<(BenchOptions, Option<PathBuf>), String> {
             "--phase-secs" => {
                 let secs: f64 = value()?.parse().map_err(|e| format!("--phase-secs: {e}"))?;
                 opts.phase_duration = Duration::from_secs_f64(secs);
+            }
+            "--writers" => {
+                opts.writer_counts = value()?
+                    .split(',')
+                    .map(|w| w.trim().parse().map_err(|e| format!("--writers: {e}")))
+                    .collect::<Result<_, _>>()?;
             }
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),

@@ -61,7 +61,8 @@ pub(crate) struct Appender {
     pub last_hash: [u8; 32],
     pub last_recorded_at_nanos: i64,
     pub head_tx: watch::Sender<Position>,
-    pub indexer_wake: SyncSender<()>,
+    /// Dropped when the appender exits, which tells the indexer to finish.
+    pub _indexer_stop: SyncSender<()>,
     pub buf: Vec<u8>,
 }
 
@@ -73,16 +74,7 @@ impl Appender {
                 Some(request) => request,
                 None => match rx.blocking_recv() {
                     Some(request) => request,
-                    None => {
-                        STATS.with(|st| {
-                            let st = st.borrow();
-                            eprintln!(
-                                "batches {} reqs {} commit_us {} enc {} io {} apply {}",
-                                st.0, st.1, st.2, st.3, st.4, st.5
-                            );
-                        });
-                        return;
-                    }
+                    None => return,
                 },
             };
             let mut events = first.events.len();
@@ -98,16 +90,7 @@ impl Appender {
                 bytes += request.bytes;
                 batch.push(request);
             }
-            let t0 = std::time::Instant::now();
-            let nreq = batch.len();
-            let r = self.commit(batch);
-            STATS.with(|st| {
-                let mut st = st.borrow_mut();
-                st.0 += 1;
-                st.1 += nreq as u64;
-                st.2 += t0.elapsed().as_micros() as u64;
-            });
-            if let Err(err) = r {
+            if let Err(err) = self.commit(batch) {
                 // After a failed write or fdatasync the state of the file (and of the page
                 // cache) is unknown, so nothing more is written: the store must be reopened,
                 // and recovery decides from what is on disk.
@@ -129,7 +112,6 @@ impl Appender {
     /// Checks, writes and syncs one batch, then publishes it and answers every request.
     /// `Err` only for I/O failures, after which every request of the batch was answered.
     fn commit(&mut self, batch: Vec<AppendRequest>) -> io::Result<()> {
-        let t_start = std::time::Instant::now();
         let batch_first = self.head + 1;
         let now = unix_nanos(OffsetDateTime::now_utc()).max(self.last_recorded_at_nanos);
         self.buf.clear();
@@ -234,7 +216,6 @@ impl Appender {
             }
         }
 
-        let t1 = std::time::Instant::now();
         let written = match io_error {
             Some(err) => Err(err),
             None => self.write_and_sync(buf_offset, &to_sync),
@@ -245,7 +226,6 @@ impl Appender {
             }
             return Err(err);
         }
-        let t2 = std::time::Instant::now();
         self.write_offset = buf_offset + self.buf.len() as u64;
         self.last_recorded_at_nanos = now;
 
@@ -263,8 +243,14 @@ impl Appender {
                 }
             }
             for a in &accepted {
-                let positions = index.streams.entry(a.result.stream_id.clone()).or_default();
-                positions.extend(a.result.first_position..=a.result.last_position);
+                let new_positions = a.result.first_position..=a.result.last_position;
+                match index.streams.get_mut(&a.result.stream_id) {
+                    Some(positions) => positions.extend(new_positions),
+                    None => {
+                        let positions = new_positions.collect();
+                        index.streams.insert(a.result.stream_id.clone(), positions);
+                    }
+                }
                 if let Some(k) = &a.idempotency_key {
                     index.idempotency.insert(k.clone(), a.result.clone());
                 }
@@ -274,16 +260,9 @@ impl Appender {
             index.last_recorded_at_nanos = now;
         }
         self.head_tx.send_replace(self.head);
-        let _ = self.indexer_wake.try_send(());
         for (reply, outcome) in outcomes {
             let _ = reply.send(outcome);
         }
-        STATS.with(|st| {
-            let mut st = st.borrow_mut();
-            st.3 += (t1 - t_start).as_micros() as u64;
-            st.4 += (t2 - t1).as_micros() as u64;
-            st.5 += t2.elapsed().as_micros() as u64;
-        });
         Ok(())
     }
 
@@ -310,5 +289,3 @@ impl Appender {
         Ok(())
     }
 }
-
-thread_local! { static STATS: std::cell::RefCell<(u64,u64,u64,u64,u64,u64)> = const { std::cell::RefCell::new((0,0,0,0,0,0)) }; }

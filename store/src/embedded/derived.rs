@@ -5,7 +5,7 @@
 //! against the log (and dropped and rebuilt if it does not match).
 
 use std::collections::HashMap;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 
 use super::index::{read_range, READ_MAX_BYTES};
@@ -13,24 +13,19 @@ use super::Shared;
 use crate::error::StoreError;
 use crate::types::{AppendResult, Position};
 
-/// Positions per persisted position-index chunk.
+/// Positions per index chunk: the unit in which the indexer writes to sled.
 pub(crate) const POSITION_CHUNK: u64 = 1_024;
-/// Most events the indexer writes to sled in one atomic batch.
-const INDEX_BATCH_EVENTS: usize = 8_192;
-/// After being woken, the indexer waits this long so that one sled batch covers many
-/// group commits (sled work off the critical path, and far less of it).
-const INDEX_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often the indexer looks for complete chunks. It polls rather than being woken per
+/// group commit: a wake-up per commit cost the appender a futex syscall each time.
+const INDEX_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 /// Name of the sled tree the store owns; other trees of the same database are free
 /// for read models and checkpoints.
 pub(crate) const TREE_NAME: &str = "paystream-store/v1";
 
 const META_INDEXED_THROUGH: &[u8] = b"m/indexed_through";
 const META_INDEXED_HASH: &[u8] = b"m/indexed_hash";
-const STREAM_PREFIX: &[u8] = b"s/";
-const CHUNK_PREFIX: &[u8] = b"p/";
+const CHUNK_PREFIX: &[u8] = b"c/";
 const IDEMPOTENCY_PREFIX: &[u8] = b"i/";
-/// Separates stream id and version in stream keys; never occurs in UTF-8.
-const STREAM_KEY_SEPARATOR: u8 = 0xFF;
 
 /// What sled holds, loaded and sanity-checked.
 #[derive(Debug, Default)]
@@ -43,15 +38,6 @@ pub(crate) struct Persisted {
     pub idempotency: HashMap<String, AppendResult>,
     /// Segment (first position) and offset of positions `1..=locations.len()`.
     pub locations: Vec<(Position, u32)>,
-}
-
-fn stream_key(stream_id: &str, version: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(STREAM_PREFIX.len() + stream_id.len() + 9);
-    key.extend_from_slice(STREAM_PREFIX);
-    key.extend_from_slice(stream_id.as_bytes());
-    key.push(STREAM_KEY_SEPARATOR);
-    key.extend_from_slice(&version.to_be_bytes());
-    key
 }
 
 fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
@@ -98,92 +84,92 @@ pub(crate) fn load(tree: &sled::Tree) -> Result<Persisted, String> {
     let hash = tree.get(META_INDEXED_HASH).map_err(|e| e.to_string())?.ok_or("missing indexed_hash")?;
     p.indexed_hash = hash.as_ref().try_into().map_err(|_| "indexed_hash is not 32 bytes".to_owned())?;
 
-    let mut total = 0u64;
-    for item in tree.scan_prefix(STREAM_PREFIX) {
+    for (chunk_no, item) in tree.scan_prefix(CHUNK_PREFIX).enumerate() {
         let (key, value) = item.map_err(|e| e.to_string())?;
-        let rest = &key[STREAM_PREFIX.len()..];
-        let sep =
-            rest.len().checked_sub(9).filter(|&i| rest[i] == STREAM_KEY_SEPARATOR).ok_or("malformed stream key")?;
-        let stream = std::str::from_utf8(&rest[..sep]).map_err(|e| e.to_string())?;
-        let version = u64_of(&rest[sep + 1..])?;
-        let position = u64_of(&value)?;
-        if position == 0 || position > p.indexed_through {
-            return Err(format!("stream {stream} v{version} at position {position} beyond the indexed range"));
+        if u64_of(&key[CHUNK_PREFIX.len()..])? != chunk_no as u64 {
+            return Err(format!("index chunk {chunk_no} missing"));
         }
-        let positions = p.streams.entry(stream.to_owned()).or_default();
-        if version != positions.len() as u64 + 1 || positions.last().is_some_and(|&l| l >= position) {
-            return Err(format!("stream {stream}: version {version} out of sequence"));
-        }
-        positions.push(position);
-        total += 1;
+        decode_chunk(&value, &mut p).map_err(|e| format!("index chunk {chunk_no}: {e}"))?;
     }
-    if total != p.indexed_through {
-        return Err(format!("{total} stream entries for {} indexed positions", p.indexed_through));
+    if p.locations.len() as u64 != p.indexed_through {
+        return Err(format!(
+            "index chunks cover {} positions, indexed_through is {}",
+            p.locations.len(),
+            p.indexed_through
+        ));
     }
 
     for item in tree.scan_prefix(IDEMPOTENCY_PREFIX) {
         let (key, value) = item.map_err(|e| e.to_string())?;
         let k = std::str::from_utf8(&key[IDEMPOTENCY_PREFIX.len()..]).map_err(|e| e.to_string())?;
         let result = decode_append_result(&value)?;
-        if result.last_position > p.indexed_through {
+        // Written with the chunk of the append's first event; the append may end after it.
+        if result.first_position > p.indexed_through {
             return Err(format!("idempotency key {k} beyond the indexed range"));
         }
         p.idempotency.insert(k.to_owned(), result);
     }
 
-    for (chunk_no, item) in tree.scan_prefix(CHUNK_PREFIX).enumerate() {
-        let (key, value) = item.map_err(|e| e.to_string())?;
-        if u64_of(&key[CHUNK_PREFIX.len()..])? != chunk_no as u64 {
-            return Err(format!("position chunk {chunk_no} missing"));
-        }
-        if value.len() != POSITION_CHUNK as usize * 12 {
-            return Err(format!("position chunk {chunk_no} has {} bytes", value.len()));
-        }
-        for entry in value.chunks_exact(12) {
-            let first = u64_of(&entry[..8])?;
-            let offset = u32::from_be_bytes([entry[8], entry[9], entry[10], entry[11]]);
-            p.locations.push((first, offset));
-        }
-    }
-    if p.locations.len() as u64 > p.indexed_through {
-        return Err("position chunks beyond the indexed range".to_owned());
-    }
     Ok(p)
 }
 
-/// Tails the log into sled. Runs on its own thread; woken by the appender after each
-/// group commit; exits (after a last catch-up and a flush) when the appender hangs up.
+/// Chunk value: for each of its positions, in order: segment (first position, u64),
+/// offset (u32), stream version (u64), stream id (u16 length + UTF-8), all big-endian.
+fn encode_chunk_entry(out: &mut Vec<u8>, segment: Position, offset: u32, version: u64, stream_id: &str) {
+    out.extend_from_slice(&segment.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&version.to_be_bytes());
+    // Stream ids are at most MAX_STREAM_ID_BYTES (256) long.
+    out.extend_from_slice(&(stream_id.len() as u16).to_be_bytes());
+    out.extend_from_slice(stream_id.as_bytes());
+}
+
+fn decode_chunk(mut b: &[u8], p: &mut Persisted) -> Result<(), String> {
+    let mut entries = 0;
+    while !b.is_empty() {
+        if b.len() < 22 {
+            return Err("truncated entry".to_owned());
+        }
+        let segment = u64_of(&b[0..8])?;
+        let offset = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+        let version = u64_of(&b[12..20])?;
+        let len = u16::from_be_bytes([b[20], b[21]]) as usize;
+        let stream = b.get(22..22 + len).ok_or("truncated stream id")?;
+        let stream = std::str::from_utf8(stream).map_err(|e| e.to_string())?;
+        let position = p.locations.len() as u64 + 1;
+        let positions = p.streams.entry(stream.to_owned()).or_default();
+        if version != positions.len() as u64 + 1 {
+            return Err(format!("stream {stream}: version {version} out of sequence"));
+        }
+        positions.push(position);
+        p.locations.push((segment, offset));
+        b = &b[22 + len..];
+        entries += 1;
+    }
+    if entries != POSITION_CHUNK {
+        return Err(format!("{entries} entries"));
+    }
+    Ok(())
+}
+
+/// Tails the log into sled, on its own thread; exits (after a last catch-up and a flush)
+/// when the appender hangs up.
 pub(crate) struct Indexer {
     pub tree: sled::Tree,
     pub shared: Arc<Shared>,
     pub indexed_through: Position,
-    pub chunks_done: u64,
 }
 
 impl Indexer {
-    pub fn run(mut self, wake: Receiver<()>) {
+    /// Runs until `stop` hangs up (the appender exits), then does a last pass.
+    pub fn run(mut self, stop: Receiver<()>) {
         loop {
-            let mut hung_up = wake.recv().is_err();
-            if !hung_up {
-                // Let more commits accumulate; a hang-up (close) ends the wait early.
-                let deadline = std::time::Instant::now() + INDEX_DEBOUNCE;
-                loop {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    match wake.recv_timeout(left) {
-                        Ok(()) => continue,
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                            hung_up = true;
-                            break;
-                        }
-                    }
-                }
-            }
+            let stopping = matches!(stop.recv_timeout(INDEX_INTERVAL), Err(RecvTimeoutError::Disconnected));
             if let Err(err) = self.catch_up() {
-                tracing::error!(error = %err, "event log indexer stopped; sled will be rebuilt on the next open");
+                tracing::error!(error = %err, "event log indexer stopped; sled is rebuilt from the log on the next open");
                 return;
             }
-            if hung_up {
+            if stopping {
                 break;
             }
         }
@@ -192,61 +178,61 @@ impl Indexer {
         }
     }
 
+    /// Writes every complete chunk not yet in sled: one atomic sled batch per chunk
+    /// (its entries, the idempotency keys of appends starting in it, the marker).
     pub fn catch_up(&mut self) -> Result<(), StoreError> {
-        if std::env::var("NOIDX").is_ok() {
-            return Ok(());
-        }
         loop {
-            let (head, ranges) = {
+            let first = self.indexed_through + 1;
+            let ranges = {
                 let index = self.shared.read_index();
-                let ranges = index.plan_read_all(self.indexed_through + 1, INDEX_BATCH_EVENTS, READ_MAX_BYTES);
-                (index.head, ranges)
+                if index.head < self.indexed_through + POSITION_CHUNK {
+                    return Ok(());
+                }
+                index.plan_read_all(first, POSITION_CHUNK as usize, READ_MAX_BYTES)
             };
-            if self.indexed_through >= head || ranges.is_empty() {
-                return Ok(());
-            }
-            let mut events = Vec::new();
+            let mut events = Vec::with_capacity(POSITION_CHUNK as usize);
             for range in &ranges {
                 read_range(range, &mut events)?;
             }
+            if events.len() as u64 != POSITION_CHUNK {
+                // READ_MAX_BYTES is far above 1,024 maximal records, so this is a bug.
+                return Err(StoreError::Index(format!("chunk from {first} read {} events", events.len())));
+            }
             let mut batch = sled::Batch::default();
-            let mut last_hash = [0u8; 32];
-            for (event, trailer) in &events {
-                batch.insert(stream_key(&event.stream_id, event.stream_version), &event.position.to_be_bytes());
-                if event.position == trailer.append_first {
-                    if let Some(key) = &event.metadata.idempotency_key {
-                        let count = u64::from(trailer.append_count);
-                        let result = AppendResult {
-                            stream_id: event.stream_id.clone(),
-                            first_version: event.stream_version,
-                            last_version: event.stream_version + count - 1,
-                            first_position: event.position,
-                            last_position: event.position + count - 1,
-                        };
-                        batch.insert(prefixed(IDEMPOTENCY_PREFIX, key.as_bytes()), encode_append_result(&result));
-                    }
-                }
-                self.indexed_through = event.position;
-                last_hash = event.hash;
-            }
-            let index = self.shared.read_index();
-            while (self.chunks_done + 1) * POSITION_CHUNK <= self.indexed_through {
-                let first = self.chunks_done * POSITION_CHUNK + 1;
-                let mut blob = Vec::with_capacity(POSITION_CHUNK as usize * 12);
-                for position in first..first + POSITION_CHUNK {
+            let mut blob = Vec::with_capacity(POSITION_CHUNK as usize * 64);
+            {
+                let index = self.shared.read_index();
+                for (event, _) in &events {
                     let (segment, offset) = index
-                        .location(position)
-                        .ok_or_else(|| StoreError::Index(format!("position {position} not in the index")))?;
-                    blob.extend_from_slice(&segment.to_be_bytes());
-                    blob.extend_from_slice(&offset.to_be_bytes());
+                        .location(event.position)
+                        .ok_or_else(|| StoreError::Index(format!("position {} not in the index", event.position)))?;
+                    encode_chunk_entry(&mut blob, segment, offset, event.stream_version, &event.stream_id);
                 }
-                batch.insert(prefixed(CHUNK_PREFIX, &self.chunks_done.to_be_bytes()), blob);
-                self.chunks_done += 1;
             }
-            drop(index);
-            batch.insert(META_INDEXED_THROUGH, &self.indexed_through.to_be_bytes());
-            batch.insert(META_INDEXED_HASH, &last_hash);
+            for (event, trailer) in &events {
+                if event.position != trailer.append_first {
+                    continue;
+                }
+                if let Some(key) = &event.metadata.idempotency_key {
+                    let count = u64::from(trailer.append_count);
+                    let result = AppendResult {
+                        stream_id: event.stream_id.clone(),
+                        first_version: event.stream_version,
+                        last_version: event.stream_version + count - 1,
+                        first_position: event.position,
+                        last_position: event.position + count - 1,
+                    };
+                    batch.insert(prefixed(IDEMPOTENCY_PREFIX, key.as_bytes()), encode_append_result(&result));
+                }
+            }
+            let chunk_no = self.indexed_through / POSITION_CHUNK;
+            batch.insert(prefixed(CHUNK_PREFIX, &chunk_no.to_be_bytes()), blob);
+            let last = events.last().map(|(e, _)| (e.position, e.hash));
+            let Some((position, hash)) = last else { return Ok(()) };
+            batch.insert(META_INDEXED_THROUGH, &position.to_be_bytes());
+            batch.insert(META_INDEXED_HASH, &hash);
             self.tree.apply_batch(batch)?;
+            self.indexed_through = position;
         }
     }
 }

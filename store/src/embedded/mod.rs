@@ -29,11 +29,23 @@
 //!   u32       append event count
 //! ```
 //!
-//! The sled tree `paystream-store/v1` holds the derived indexes: `s/<stream>\xFF<version>`
-//! -> position, `i/<idempotency key>` -> append result, `p/<chunk>` -> segment and offset
-//! of 1,024 consecutive positions, and `m/indexed_through` + `m/indexed_hash` (the last
-//! position indexed and its hash). Each indexer batch, marker included, is one atomic
-//! sled batch. Other trees of the same database are free for read models.
+//! The sled tree `paystream-store/v1` holds the derived indexes, written by the indexer
+//! in chunks of 1,024 positions, one atomic sled batch per chunk:
+//!
+//! ```text
+//! c/<chunk no, u64 BE>    for each position of the chunk: segment (first position),
+//!                         offset, stream version, stream id  (position and stream index)
+//! i/<idempotency key>     first/last version and position, stream id of the append
+//!                         (idempotency index; written with the chunk of its first event)
+//! m/indexed_through       last indexed position (a multiple of 1,024)
+//! m/indexed_hash          hash of the record at that position (ties sled to this log)
+//! ```
+//!
+//! Writing sled per chunk instead of per event keeps it off the CPU budget of the write
+//! path (per-event sled inserts halved durable throughput on two cores). Readers never
+//! query sled: the indexes live in memory and sled is what lets a large log reopen
+//! without reading all of it. Other trees of the same database are free for read models
+//! and projection checkpoints ([`EmbeddedStore::derived_db`]).
 //!
 //! # Writing
 //!
@@ -49,19 +61,20 @@
 //! If a write or sync fails the appender stops for good (the page cache can no longer
 //! be trusted; see "fsyncgate") and the store must be reopened.
 //!
-//! An indexer thread tails the log after each group commit and writes the sled indexes
-//! in batches. It is off the critical path: readers and the appender use in-memory
-//! indexes, and sled is only a way to reopen a large log without reading all of it.
-//! sled's `flush` is never relied on (sled issue 1452).
+//! An indexer thread tails the durable part of the log and writes each complete chunk
+//! to sled. It is off the critical path (readers and the appender use the in-memory
+//! indexes) and sled's `flush` is never relied on (sled issue 1452): whatever sled lost
+//! is re-read from the log on open.
 //!
 //! # Recovery (on open)
 //!
-//! 1. Load sled's indexes. Anything that does not parse or is inconsistent (versions out
-//!    of sequence, entries beyond `indexed_through`) drops sled, which is then rebuilt.
-//! 2. Walk the log from the last position whose offset sled knows: records up to
-//!    `indexed_through` are hopped over by their headers; the record at
-//!    `indexed_through` must be whole and carry `indexed_hash`, else sled is from
-//!    another log (or ahead of it) and is dropped and rebuilt from position 1.
+//! 1. Load sled's indexes. Anything that does not parse or is inconsistent (a missing
+//!    chunk, versions out of sequence, entries beyond `indexed_through`) drops sled,
+//!    which is then rebuilt from the log.
+//! 2. The record at `indexed_through` must be whole and carry `indexed_hash`, else sled
+//!    is from another log (or ahead of it, e.g. the log was restored from an older
+//!    backup) and is dropped and rebuilt from position 1. Records before it are not
+//!    read: damage there is found by reads (CRC) and `verify`.
 //! 3. Every record after `indexed_through` is fully checked (CRC, position, prev_hash,
 //!    recomputed hash, stream version, append bounds) and indexed in memory; the
 //!    indexer then writes it to sled.
@@ -105,7 +118,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::appender::{AppendRequest, Appender, APPEND_QUEUE_CAPACITY};
-use self::derived::{Indexer, Persisted, POSITION_CHUNK, TREE_NAME};
+use self::derived::{Indexer, Persisted, TREE_NAME};
 use self::index::{read_range, Index, ReadRange, READ_MAX_BYTES};
 use self::recovery::{recover, RecoverError};
 use crate::chain::ChainVerifier;
@@ -210,6 +223,18 @@ pub struct EmbeddedStore {
     control: Arc<Control>,
     head_rx: watch::Receiver<Position>,
     dir: PathBuf,
+    open_report: OpenReport,
+}
+
+/// What `open` found, for logs and operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Last position of the log after recovery.
+    pub head: Position,
+    /// Positions whose index came from sled; the rest were read from the log.
+    pub indexed_in_sled: Position,
+    /// Why sled's content was dropped and rebuilt from the log, if it was.
+    pub sled_dropped: Option<String>,
 }
 
 /// What closing releases.
@@ -260,8 +285,10 @@ impl EmbeddedStore {
         fs::create_dir_all(&log_dir)?;
         let db = open_sled(&dir.join("index"))?;
         let tree = db.open_tree(TREE_NAME)?;
+        let mut sled_dropped = None;
         let persisted = derived::load(&tree).unwrap_or_else(|reason| {
             tracing::warn!(%reason, "derived index unusable; rebuilding it from the event log");
+            sled_dropped = Some(reason);
             Persisted::default()
         });
         let (index, persisted_through) = {
@@ -271,6 +298,7 @@ impl EmbeddedStore {
                 Err(RecoverError::Store(err)) => return Err(err),
                 Err(RecoverError::Untrusted(reason)) => {
                     tracing::warn!(%reason, "derived index does not match the event log; rebuilding it");
+                    sled_dropped = Some(reason);
                     match recover(&log_dir, options.segment_bytes, Persisted::default()) {
                         Ok(index) => (index, 0),
                         Err(RecoverError::Store(err)) => return Err(err),
@@ -281,10 +309,10 @@ impl EmbeddedStore {
                 }
             }
         };
+        let open_report = OpenReport { head: index.head, indexed_in_sled: persisted_through, sled_dropped };
         if persisted_through == 0 {
             tree.clear()?;
         }
-        let chunks_done = persisted_through / POSITION_CHUNK;
 
         let head = index.head;
         let last_hash = index.last_hash;
@@ -296,13 +324,12 @@ impl EmbeddedStore {
         let shared =
             Arc::new(Shared { index: RwLock::new(index), failure: Mutex::new(None), closed: AtomicBool::new(false) });
         let (head_tx, head_rx) = watch::channel(head);
-        let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel(1);
+        let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel(1);
         let (sender, receiver) = mpsc::channel(APPEND_QUEUE_CAPACITY);
 
-        let indexer = Indexer { tree, shared: Arc::clone(&shared), indexed_through: persisted_through, chunks_done };
-        let _ = wake_tx.try_send(()); // index whatever recovery found beyond sled
+        let indexer = Indexer { tree, shared: Arc::clone(&shared), indexed_through: persisted_through };
         let indexer_thread =
-            std::thread::Builder::new().name("paystream-store-indexer".into()).spawn(move || indexer.run(wake_rx))?;
+            std::thread::Builder::new().name("paystream-store-indexer".into()).spawn(move || indexer.run(stop_rx))?;
         let appender = Appender {
             shared: Arc::clone(&shared),
             log_dir,
@@ -314,7 +341,7 @@ impl EmbeddedStore {
             last_hash,
             last_recorded_at_nanos,
             head_tx,
-            indexer_wake: wake_tx,
+            _indexer_stop: stop_tx,
             buf: Vec::with_capacity(1024 * 1024),
         };
         let appender_thread = std::thread::Builder::new()
@@ -331,7 +358,13 @@ impl EmbeddedStore {
             shared,
             head_rx,
             dir: dir.to_path_buf(),
+            open_report,
         })
+    }
+
+    /// What recovery found when this store was opened.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.open_report
     }
 
     /// The data directory.
