@@ -11,7 +11,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{RequestId, MAX_BODY_BYTES};
+use crate::extract::{redact_digits, RequestId, MAX_BODY_BYTES};
 use crate::routes::routes;
 use crate::state::AppState;
 
@@ -47,7 +47,7 @@ async fn request_span(mut request: Request, next: Next) -> Response {
         "request",
         request_id = %request_id,
         method = %request.method(),
-        path = %request.uri().path(),
+        path = %redact_digits(request.uri().path()),
         role = tracing::field::Empty,
         merchant_id = tracing::field::Empty,
     );

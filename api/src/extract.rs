@@ -101,10 +101,20 @@ impl FromRequestParts<AppState> for Caller {
             None => None,
             Some(value) => {
                 let text = value.to_str().ok().map(str::trim).unwrap_or_default();
-                if text.is_empty() || text.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS {
+                if text.is_empty()
+                    || text.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS
+                    || !text.bytes().all(|b| b.is_ascii_graphic())
+                {
                     return Err(ApiError::invalid(
                         "invalid_idempotency_key",
                         "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                        "Idempotency-Key",
+                    ));
+                }
+                if redact_digits(text) != text {
+                    return Err(ApiError::invalid(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must not contain a run of 12 or more digits (it could be a card number)",
                         "Idempotency-Key",
                     ));
                 }
@@ -120,10 +130,12 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// A JSON body: its parsed value and the hash that identifies the request
-/// for idempotency. An empty body reads as `{}`.
-pub struct Json<T> {
-    pub value: T,
+/// A request body, read (at most 1 MiB, JSON content type) but not parsed:
+/// handlers check the caller's role first, then call [`Body::json`]. The
+/// fingerprint identifies the request for idempotency. An empty body reads
+/// as `{}`.
+pub struct Body {
+    bytes: Bytes,
     pub fingerprint: String,
 }
 
@@ -137,7 +149,7 @@ pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
     hex::encode(hasher.finalize())
 }
 
-impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
+impl FromRequest<AppState> for Body {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
@@ -157,7 +169,6 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
                 ApiError::invalid("invalid_body", "the body could not be read", "body")
             }
         })?;
-        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
         if !bytes.iter().all(u8::is_ascii_whitespace) {
             let is_json = content_type
                 .as_deref()
@@ -172,16 +183,32 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
                 ));
             }
         }
+        let fingerprint = fingerprint(&method, &path, &bytes);
+        Ok(Body { bytes, fingerprint })
+    }
+}
+
+impl Body {
+    /// Parses the body as `T`. Errors name the field in `param` (`amount`,
+    /// `method.card.number`, or `body` for malformed JSON) and never echo a
+    /// long digit run from the input.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let trimmed = self.bytes.trim_ascii();
+        let body: &[u8] = if trimmed.is_empty() { b"{}" } else { trimmed };
+        if body.first() != Some(&b'{') {
+            return Err(ApiError::invalid("invalid_body", "the body must be a JSON object", "body"));
+        }
         let mut deserializer = serde_json::Deserializer::from_slice(body);
         let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-            let param = error.path().to_string();
+            let path = error.path().to_string();
             let inner = error.into_inner();
-            let message = if inner.is_syntax() || inner.is_eof() {
-                format!("malformed JSON: {inner}")
-            } else {
-                inner.to_string()
-            };
-            let param = match (missing_field(&message), param.as_str()) {
+            if inner.is_syntax() || inner.is_eof() {
+                return ApiError::invalid("invalid_body", redact_digits(&format!("malformed JSON: {inner}")), "body");
+            }
+            let message = redact_digits(&inner.to_string());
+            // serde names a missing field only in its message; an unknown
+            // field is already the last element of the path.
+            let param = match (missing_field(&message), path.as_str()) {
                 (Some(field), ".") => field,
                 (Some(field), path) => format!("{path}.{field}"),
                 (None, ".") => "body".to_string(),
@@ -189,14 +216,57 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
             };
             ApiError::invalid("invalid_body", message, param)
         })?;
-        deserializer.end().map_err(|e| ApiError::invalid("invalid_body", format!("malformed JSON: {e}"), "body"))?;
-        Ok(Json { value, fingerprint: fingerprint(&method, &path, &bytes) })
+        deserializer
+            .end()
+            .map_err(|e| ApiError::invalid("invalid_body", redact_digits(&format!("malformed JSON: {e}")), "body"))?;
+        Ok(value)
     }
 }
 
-/// serde names a missing or unknown field only in its message:
-/// "missing field `amount`", "unknown field `amout`, expected ...".
+/// "missing field `amount`" -> `amount`.
 fn missing_field(message: &str) -> Option<String> {
-    let rest = message.split("field `").nth(1)?;
+    let rest = message.strip_prefix("missing field `")?;
     Some(rest.split('`').next()?.to_string())
+}
+
+/// Digit runs this long could be a card number (12 to 19 digits).
+const REDACT_DIGITS_FROM: usize = 12;
+
+/// Replaces every run of 12 or more digits with `[redacted]`, so no text
+/// that echoes client input (error messages, logged paths) can carry a card
+/// number.
+pub fn redact_digits(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= REDACT_DIGITS_FROM {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_digits;
+
+    #[test]
+    fn long_digit_runs_are_redacted() {
+        assert_eq!(redact_digits("integer `4242424242424242`, expected"), "integer `[redacted]`, expected");
+        assert_eq!(redact_digits("/v1/payments/4242424242424242/x"), "/v1/payments/[redacted]/x");
+        assert_eq!(redact_digits("amount 12345678901 ok"), "amount 12345678901 ok");
+        assert_eq!(redact_digits("pay_01a21a61f736701dab0bfdf21188fa44"), "pay_01a21a61f736701dab0bfdf21188fa44");
+    }
 }

@@ -19,14 +19,14 @@ use paystream_domain::method::PaymentMethodInput;
 use paystream_domain::payment::{
     AmountInput, CaptureMethod, Customer, DisputeOutcome, Payment, PaymentAggregate, PaymentStatus, ReviewDecision,
 };
-use paystream_domain::{Aggregate, Currency, Money};
+use paystream_domain::{Aggregate, Currency, DomainError, Money};
 use paystream_store::StoreError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{Caller, Json};
+use crate::extract::{Body, Caller};
 use crate::state::AppState;
 use crate::views;
 
@@ -131,13 +131,9 @@ pub struct CreateMerchant {
     fees: FeesBody,
 }
 
-pub async fn create_merchant(
-    State(state): State<AppState>,
-    caller: Caller,
-    body: Json<CreateMerchant>,
-) -> Result<Reply, ApiError> {
+pub async fn create_merchant(State(state): State<AppState>, caller: Caller, body: Body) -> Result<Reply, ApiError> {
     caller.require(ADMIN)?;
-    let b = body.value;
+    let b: CreateMerchant = body.json()?;
     let input = OnboardMerchant {
         name: b.name,
         country: b.country,
@@ -215,9 +211,10 @@ pub async fn suspend_merchant(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Json<ReasonBody>,
+    body: Body,
 ) -> Result<Reply, ApiError> {
-    let reason = body.value.reason.unwrap_or_default();
+    caller.require(ADMIN)?;
+    let reason = body.json::<ReasonBody>()?.reason.unwrap_or_default();
     change_merchant(&state, &caller, &id, &body.fingerprint, |now| MerchantCommand::Suspend {
         reason: reason.clone(),
         now,
@@ -229,8 +226,10 @@ pub async fn reactivate_merchant(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Json<ReasonBody>,
+    body: Body,
 ) -> Result<Reply, ApiError> {
+    caller.require(ADMIN)?;
+    body.json::<ReasonBody>()?;
     change_merchant(&state, &caller, &id, &body.fingerprint, |now| MerchantCommand::Reactivate { now }).await
 }
 
@@ -238,9 +237,10 @@ pub async fn change_tier(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Json<TierBody>,
+    body: Body,
 ) -> Result<Reply, ApiError> {
-    let TierBody { tier, reason } = body.value;
+    caller.require(ADMIN)?;
+    let TierBody { tier, reason } = body.json()?;
     change_merchant(&state, &caller, &id, &body.fingerprint, |now| MerchantCommand::ChangeTier {
         tier,
         reason: reason.clone(),
@@ -253,9 +253,10 @@ pub async fn close_merchant(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Json<ReasonBody>,
+    body: Body,
 ) -> Result<Reply, ApiError> {
-    let reason = body.value.reason;
+    caller.require(ADMIN)?;
+    let reason = body.json::<ReasonBody>()?.reason;
     change_merchant(&state, &caller, &id, &body.fingerprint, |now| MerchantCommand::Close {
         reason: reason.clone(),
         now,
@@ -278,13 +279,14 @@ fn key_record(executed: &Executed<ApiKeyAggregate>) -> Result<KeyRecord, ApiErro
     Ok(KeyRecord { id: key.id, role: key.role, merchant_id: key.merchant_id, revoked: key.revoked })
 }
 
-pub async fn create_key(
-    State(state): State<AppState>,
-    caller: Caller,
-    body: Json<CreateKey>,
-) -> Result<Reply, ApiError> {
+pub async fn create_key(State(state): State<AppState>, caller: Caller, body: Body) -> Result<Reply, ApiError> {
     caller.require(ADMIN)?;
-    let CreateKey { role, merchant_id } = body.value;
+    let CreateKey { role, merchant_id } = body.json()?;
+    if let Some(merchant_id) = merchant_id {
+        if state.services.merchant(merchant_id).await?.is_none() {
+            return Err(ApiError::from(DomainError::MerchantNotFound).with_param("merchant_id"));
+        }
+    }
     let services = &state.services;
     run(
         &state,
@@ -303,7 +305,7 @@ pub async fn revoke_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Json<ReasonBody>,
+    body: Body,
 ) -> Result<Reply, ApiError> {
     caller.require(ADMIN)?;
     let id: ApiKeyId = parse_id(&id, "api key")?;
@@ -340,14 +342,10 @@ pub struct CreatePayment {
     metadata: Option<BTreeMap<String, String>>,
 }
 
-pub async fn create_payment(
-    State(state): State<AppState>,
-    caller: Caller,
-    body: Json<CreatePayment>,
-) -> Result<Reply, ApiError> {
+pub async fn create_payment(State(state): State<AppState>, caller: Caller, body: Body) -> Result<Reply, ApiError> {
     caller.require(MERCHANT)?;
     let merchant_id = caller.key.merchant_id.ok_or_else(ApiError::forbidden)?;
-    let b = body.value;
+    let b: CreatePayment = body.json()?;
     let input = NewPayment {
         merchant_id,
         amount: Money::new(b.amount, b.currency),
@@ -479,9 +477,10 @@ pub async fn capture_payment(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Json<CaptureBody>,
+    body: Body,
 ) -> Result<Reply, ApiError> {
-    let CaptureBody { amount, currency, final_capture } = body.value;
+    caller.require(MERCHANT_OK.roles)?;
+    let CaptureBody { amount, currency, final_capture } = body.json()?;
     let services = &state.services;
     act_on_payment(
         &state,
@@ -501,9 +500,10 @@ pub async fn void_payment(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Json<ReasonBody>,
+    body: Body,
 ) -> Result<Reply, ApiError> {
-    let reason = body.value.reason;
+    caller.require(MERCHANT_OK.roles)?;
+    let reason = body.json::<ReasonBody>()?.reason;
     let services = &state.services;
     act_on_payment(
         &state,
@@ -537,9 +537,10 @@ pub async fn refund_payment(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Json<RefundBody>,
+    body: Body,
 ) -> Result<Reply, ApiError> {
-    let RefundBody { amount, currency, reason } = body.value;
+    caller.require(MERCHANT_CREATED.roles)?;
+    let RefundBody { amount, currency, reason } = body.json()?;
     let services = &state.services;
     act_on_payment(
         &state,
@@ -565,9 +566,10 @@ pub async fn review_payment(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Json<ReviewBody>,
+    body: Body,
 ) -> Result<Reply, ApiError> {
-    let ReviewBody { decision, reason } = body.value;
+    caller.require(REVIEWER_OK.roles)?;
+    let ReviewBody { decision, reason } = body.json()?;
     let services = &state.services;
     act_on_payment(
         &state,
@@ -599,9 +601,10 @@ pub async fn open_dispute(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Json<DisputeBody>,
+    body: Body,
 ) -> Result<Reply, ApiError> {
-    let DisputeBody { amount, currency, reason } = body.value;
+    caller.require(ADMIN_CREATED.roles)?;
+    let DisputeBody { amount, currency, reason } = body.json()?;
     let services = &state.services;
     act_on_payment(
         &state,
@@ -627,9 +630,10 @@ pub async fn resolve_dispute(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, dispute_id)): Path<(String, String)>,
-    body: Json<ResolveBody>,
+    body: Body,
 ) -> Result<Reply, ApiError> {
-    let outcome = body.value.outcome;
+    caller.require(ADMIN_OK.roles)?;
+    let outcome = body.json::<ResolveBody>()?.outcome;
     let dispute_id: DisputeId = parse_id(&dispute_id, "dispute")?;
     let services = &state.services;
     act_on_payment(

@@ -61,9 +61,9 @@ pub enum DomainError {
     MerchantSuspended,
     #[error("the merchant is closed")]
     MerchantClosed,
-    #[error("the merchant is {status:?}; this needs an active merchant")]
+    #[error("the merchant is {status}; this needs an active merchant")]
     MerchantNotActive { status: MerchantStatus },
-    #[error("the merchant is {status:?}; only a suspended merchant can be reactivated")]
+    #[error("the merchant is {status}; only a suspended merchant can be reactivated")]
     MerchantNotSuspended { status: MerchantStatus },
     #[error("the merchant is already in tier {0:?}")]
     TierUnchanged(Tier),
@@ -73,21 +73,21 @@ pub enum DomainError {
     DailyVolumeExceeded { tier: Tier, limit: Money, used: Money, requested: Money },
     #[error("payment {0} already exists")]
     PaymentAlreadyExists(PaymentId),
-    #[error("the payment is {status:?}; it is not waiting for an authorization result")]
+    #[error("the payment is {status}; it is not waiting for an authorization result")]
     PaymentNotAwaitingAuthorization { status: PaymentStatus },
-    #[error("the payment is {status:?} and cannot be captured")]
+    #[error("the payment is {status} and cannot be captured")]
     PaymentNotCapturable { status: PaymentStatus },
     #[error("{requested} exceeds the capturable amount {capturable}")]
     AmountExceedsCapturable { capturable: Money, requested: Money },
-    #[error("the payment is {status:?}; only an authorized payment without captures can be voided")]
+    #[error("the payment is {status}; only an authorized payment without captures can be voided")]
     PaymentNotVoidable { status: PaymentStatus },
-    #[error("the payment is {status:?} and has nothing to refund")]
+    #[error("the payment is {status} and has nothing to refund")]
     PaymentNotRefundable { status: PaymentStatus },
     #[error("{requested} exceeds the refundable amount {refundable}")]
     AmountExceedsRefundable { refundable: Money, requested: Money },
-    #[error("the payment is {status:?}, not waiting for review")]
+    #[error("the payment is {status}, not waiting for review")]
     PaymentNotUnderReview { status: PaymentStatus },
-    #[error("the payment is {status:?}; only captured payments can be disputed")]
+    #[error("the payment is {status}; only captured payments can be disputed")]
     PaymentNotDisputable { status: PaymentStatus },
     #[error("{requested} exceeds the disputable amount {disputable}")]
     AmountExceedsDisputable { disputable: Money, requested: Money },
@@ -95,7 +95,7 @@ pub enum DomainError {
     DisputeAlreadyResolved(DisputeId),
     #[error("the authorization has expired; nothing more can be captured")]
     AuthorizationExpired,
-    #[error("the authorization is {status:?} or still valid until its expiry")]
+    #[error("the authorization is {status} or still valid until its expiry")]
     AuthorizationNotExpired { status: PaymentStatus },
     #[error("nothing captured is waiting for settlement")]
     NothingToSettle,

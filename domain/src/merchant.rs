@@ -91,6 +91,16 @@ pub enum MerchantStatus {
     Closed,
 }
 
+impl std::fmt::Display for MerchantStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MerchantStatus::Active => "active",
+            MerchantStatus::Suspended => "suspended",
+            MerchantStatus::Closed => "closed",
+        })
+    }
+}
+
 /// The state of one merchant stream after onboarding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Merchant {

@@ -367,6 +367,28 @@ pub enum PaymentStatus {
     Refunded,
 }
 
+impl PaymentStatus {
+    /// The status as the API and the messages spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Pending => "pending",
+            PaymentStatus::RequiresReview => "requires_review",
+            PaymentStatus::Authorized => "authorized",
+            PaymentStatus::Declined => "declined",
+            PaymentStatus::Captured => "captured",
+            PaymentStatus::Voided => "voided",
+            PaymentStatus::Expired => "expired",
+            PaymentStatus::Refunded => "refunded",
+        }
+    }
+}
+
+impl std::fmt::Display for PaymentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReviewState {

@@ -1,0 +1,26 @@
+//! Every route the suite exercises, as (method, path template) in the
+//! OpenAPI syntax. The role matrix (tests/roles.rs) drives each one and
+//! checks it covered exactly this table; tests/openapi.rs checks the served
+//! OpenAPI document lists exactly these.
+
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("POST", "/v1/merchants"),
+    ("GET", "/v1/merchants/{id}"),
+    ("POST", "/v1/merchants/{id}/suspend"),
+    ("POST", "/v1/merchants/{id}/reactivate"),
+    ("POST", "/v1/merchants/{id}/tier"),
+    ("POST", "/v1/merchants/{id}/close"),
+    ("POST", "/v1/api_keys"),
+    ("DELETE", "/v1/api_keys/{id}"),
+    ("POST", "/v1/payments"),
+    ("GET", "/v1/payments/{id}"),
+    ("GET", "/v1/payments/{id}/events"),
+    ("POST", "/v1/payments/{id}/capture"),
+    ("POST", "/v1/payments/{id}/void"),
+    ("POST", "/v1/payments/{id}/refunds"),
+    ("POST", "/v1/payments/{id}/review"),
+    ("POST", "/v1/payments/{id}/disputes"),
+    ("POST", "/v1/payments/{id}/disputes/{dispute_id}/resolve"),
+    ("GET", "/v1/openapi.json"),
+];
