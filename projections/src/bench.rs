@@ -1,0 +1,163 @@
+//! The rebuild benchmark: fill a log with realistic payment histories (through the
+//! store directly, many concurrent appends), then time a full rebuild of every
+//! projection (`cargo run --release -p paystream-projections --bin projections-bench
+//! -- --events 1000000`).
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paystream_store::{EmbeddedStore, EventStore, ExpectedVersion, NewEvent};
+use tokio::sync::mpsc;
+
+use crate::error::ProjectionError;
+use crate::model::ProjectionName;
+use crate::runtime::{open_db, Projections, ProjectorConfig};
+use crate::sim::{encode, SimOptions, Simulator};
+
+/// Concurrent appenders while filling (the store group-commits them).
+const FILL_WRITERS: usize = 64;
+
+/// Merchants in the benchmark's log.
+pub const BENCH_MERCHANTS: usize = 100;
+
+/// What was measured.
+#[derive(Debug, Clone)]
+pub struct RebuildBenchReport {
+    pub events: u64,
+    pub payments: u64,
+    pub fill_elapsed: Duration,
+    /// Rebuild of all projections together (one read and decode, four models).
+    pub rebuild_all_elapsed: Duration,
+    /// Each projection rebuilt alone, when asked for.
+    pub per_projection: Vec<(ProjectionName, Duration)>,
+}
+
+fn per_sec(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+impl RebuildBenchReport {
+    pub fn rebuild_all_events_per_sec(&self) -> f64 {
+        per_sec(self.events, self.rebuild_all_elapsed)
+    }
+}
+
+impl fmt::Display for RebuildBenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "| workload | events | seconds | events/s |")?;
+        writeln!(f, "|---|---:|---:|---:|")?;
+        writeln!(
+            f,
+            "| fill: {} payments through `append` ({FILL_WRITERS} concurrent writers) | {} | {:.2} | {:.0} |",
+            self.payments,
+            self.events,
+            self.fill_elapsed.as_secs_f64(),
+            per_sec(self.events, self.fill_elapsed)
+        )?;
+        write!(
+            f,
+            "| full rebuild, all 4 projections together | {} | {:.2} | {:.0} |",
+            self.events,
+            self.rebuild_all_elapsed.as_secs_f64(),
+            self.rebuild_all_events_per_sec()
+        )?;
+        for (name, elapsed) in &self.per_projection {
+            write!(
+                f,
+                "\n| full rebuild, `{name}` alone | {} | {:.2} | {:.0} |",
+                self.events,
+                elapsed.as_secs_f64(),
+                per_sec(self.events, *elapsed)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn sim_error(e: paystream_domain::DomainError) -> ProjectionError {
+    ProjectionError::Invariant { projection: "bench", position: 0, detail: format!("simulation: {e}") }
+}
+
+/// Fills `store` with merchants and payment histories until it holds at least `events`.
+/// Returns (events, payments).
+pub async fn fill(store: Arc<EmbeddedStore>, events: u64, options: SimOptions) -> Result<(u64, u64), ProjectionError> {
+    let (mut simulator, merchants) = Simulator::new(options).map_err(sim_error)?;
+    let mut written = 0u64;
+    for (stream, merchant_events) in merchants {
+        let encoded: Vec<NewEvent> = merchant_events.iter().map(encode).collect();
+        written += encoded.len() as u64;
+        store.append(&stream, ExpectedVersion::NoStream, encoded).await?;
+    }
+    let (tx, rx) = mpsc::channel::<(String, Vec<NewEvent>)>(FILL_WRITERS * 4);
+    let target = events.saturating_sub(written);
+    let generator = tokio::task::spawn_blocking(move || -> Result<(u64, u64), ProjectionError> {
+        let (mut produced, mut payments) = (0u64, 0u64);
+        while produced < target {
+            let flow = simulator.next_payment().map_err(sim_error)?;
+            produced += flow.events.len() as u64;
+            payments += 1;
+            if tx.blocking_send((flow.stream(), flow.encoded())).is_err() {
+                break;
+            }
+        }
+        Ok((produced, payments))
+    });
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let writers: Vec<_> = (0..FILL_WRITERS)
+        .map(|_| {
+            let (store, rx) = (Arc::clone(&store), Arc::clone(&rx));
+            tokio::spawn(async move {
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some((stream, events)) = next else { return Ok::<(), ProjectionError>(()) };
+                    store.append(&stream, ExpectedVersion::NoStream, events).await?;
+                }
+            })
+        })
+        .collect();
+    let join = |e: tokio::task::JoinError| ProjectionError::Invariant {
+        projection: "bench",
+        position: 0,
+        detail: e.to_string(),
+    };
+    let (produced, payments) = generator.await.map_err(join)??;
+    for writer in writers {
+        writer.await.map_err(join)??;
+    }
+    Ok((written + produced, payments))
+}
+
+/// Fills a log in `dir` with about `events` realistic payment events and times a full
+/// rebuild of all projections (and, with `per_projection`, of each alone), applying
+/// `rebuild_batch_events` events per atomic write.
+pub async fn run_rebuild_bench(
+    dir: &Path,
+    events: u64,
+    per_projection: bool,
+    rebuild_batch_events: usize,
+) -> Result<RebuildBenchReport, ProjectionError> {
+    let store = Arc::new(tokio::task::block_in_place(|| EmbeddedStore::open(&dir.join("log")))?);
+    let started = Instant::now();
+    let (events, payments) =
+        fill(Arc::clone(&store), events, SimOptions { merchants: BENCH_MERCHANTS, ..SimOptions::default() }).await?;
+    let fill_elapsed = started.elapsed();
+    let db = tokio::task::block_in_place(|| open_db(&dir.join("projections")))?;
+    let config = ProjectorConfig { rebuild_batch_events, ..ProjectorConfig::default() };
+    let projections = Projections::open(db, store.clone(), config)?;
+    let started = Instant::now();
+    let report = projections.replay(&ProjectionName::ALL).await?;
+    let rebuild_all_elapsed = started.elapsed();
+    debug_assert_eq!(report.events, events);
+    let mut per = Vec::new();
+    if per_projection {
+        for name in ProjectionName::ALL {
+            let started = Instant::now();
+            projections.rebuild(&[name]).await?;
+            per.push((name, started.elapsed()));
+        }
+    }
+    store.close().await?;
+    Ok(RebuildBenchReport { events, payments, fill_elapsed, rebuild_all_elapsed, per_projection: per })
+}

@@ -1,0 +1,809 @@
+//! The projector runtime: follows the log in order and keeps every read model current,
+//! each stored with its checkpoint in one atomic sled write per batch.
+//!
+//! # Storage
+//!
+//! One sled database (by convention `<data>/projections`, see [`open_db`]) holds every
+//! projection. Projection `<name>` at version `N` lives in the tree
+//! `projection/<name>/v<N>`; its checkpoint (the last log position applied, u64 BE)
+//! is the key `\0checkpoint` of that same tree, so a batch of changes and its
+//! checkpoint are one `sled::Batch`, applied atomically: after a crash a projection
+//! resumes exactly after the last batch that reached disk, never applying an event
+//! twice or skipping one. The tree `projection/_meta` records which version of each
+//! projection is active (and its layout `schema`); on open, trees of other versions
+//! (left by an interrupted rebuild) are dropped. Everything here is derived from the
+//! log: a damaged or deleted database is rebuilt, never trusted over the log.
+//!
+//! # Following the log
+//!
+//! One reader task reads the log from the lowest checkpoint (`read_all`, up to
+//! [`DEFAULT_BATCH_EVENTS`] per batch; at the head it waits on `subscribe`) and decodes
+//! each batch once; the batch is then applied to every projection in parallel (one
+//! blocking task each), each projection skipping what its checkpoint already covers.
+//! Reading and decoding the next batch overlaps with applying the current one
+//! ([`PIPELINE_DEPTH`] batches in flight).
+//!
+//! # Rebuilds
+//!
+//! [`Projections::rebuild`] builds version N+1 of the named projections from position 1
+//! into new trees while queries keep answering from version N (which the follower
+//! keeps current). Once the new version reaches the head it takes the projection's
+//! write lock, applies what arrived meanwhile, records N+1 as active in
+//! `projection/_meta`, swaps the tree queries read, and drops version N. Run without a
+//! follower, the same function is the offline replay (`paystream replay`).
+//!
+//! # Read-your-writes
+//!
+//! Each projection publishes its checkpoint on a watch channel after each atomic
+//! write; [`Projections::wait_for`] waits until it reaches a position (a command's
+//! response carries the position of its last event) or answers [`Lagging`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use paystream_store::{EventStore, Position, StoreError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::dashboard::{self, DashboardQuery, DashboardReport, MerchantDashboard};
+use crate::decode::{decode_batch, Decoded};
+use crate::error::{Lagging, ProjectionError};
+use crate::keys::{self, CHECKPOINT_KEY};
+use crate::ledger::{self, AccountBalance, JournalPage, Ledger, TrialBalance};
+use crate::model::{ProjectionName, ReadModel};
+use crate::overview::{self, OverviewQuery, OverviewReport, PlatformOverview};
+use crate::search::{self, PaymentSearch, PaymentSummary, SearchPage, SearchQuery};
+
+/// Most events applied in one atomic write (per projection).
+pub const DEFAULT_BATCH_EVENTS: usize = 1_000;
+/// Most events applied in one atomic write during a rebuild.
+pub const DEFAULT_REBUILD_BATCH_EVENTS: usize = 5_000;
+/// How long `wait_for_default` waits before answering `Lagging`.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the lag of every projection is logged.
+pub const DEFAULT_LAG_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// Decoded batches in flight between the reader and the appliers.
+pub const PIPELINE_DEPTH: usize = 4;
+/// Pause before the follower retries after a store error.
+pub const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+const META_TREE: &str = "projection/_meta";
+
+/// A stored key and value, as [`Projections::snapshot`] returns them.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Decoded batches from the reader, and the reader's task.
+type Reader = (mpsc::Receiver<Arc<Vec<Decoded>>>, JoinHandle<Result<(), ProjectionError>>);
+
+/// Tuning of the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectorConfig {
+    /// Most events per atomic write while following the log, 1..=10,000.
+    pub batch_events: usize,
+    /// Most events per atomic write during a rebuild or replay, 1..=10,000. Larger
+    /// batches rewrite shared records (daily counters, balances) less often.
+    pub rebuild_batch_events: usize,
+    pub wait_timeout: Duration,
+    pub lag_log_interval: Duration,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig {
+            batch_events: DEFAULT_BATCH_EVENTS,
+            rebuild_batch_events: DEFAULT_REBUILD_BATCH_EVENTS,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            lag_log_interval: DEFAULT_LAG_LOG_INTERVAL,
+        }
+    }
+}
+
+/// Opens (creating) the projections database. A database sled reports as corrupt is
+/// moved aside and started afresh: it only holds what the log can rebuild.
+pub fn open_db(path: &Path) -> Result<sled::Db, ProjectionError> {
+    match sled::open(path) {
+        Err(sled::Error::Corruption { .. }) => {
+            let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+            let aside = path.with_extension(format!("corrupt-{stamp}"));
+            tracing::warn!(path = %path.display(), aside = %aside.display(), "projections database is corrupt; moving it aside and rebuilding from the log");
+            std::fs::rename(path, &aside)?;
+            Ok(sled::open(path)?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Every read model this crate maintains, in [`ProjectionName::ALL`] order.
+pub fn all_models() -> Vec<Arc<dyn ReadModel>> {
+    vec![Arc::new(MerchantDashboard), Arc::new(PaymentSearch), Arc::new(PlatformOverview), Arc::new(Ledger)]
+}
+
+fn tree_name(name: ProjectionName, version: u64) -> String {
+    format!("projection/{}/v{version}", name.as_str())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Meta {
+    version: u64,
+    schema: u32,
+}
+
+/// What a projection is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectionState {
+    /// Kept current by the follower.
+    Running,
+    /// A new version is being built; queries still answer from the current one.
+    Rebuilding,
+    /// Stopped at its checkpoint after an error (see `error`); restart or rebuild.
+    Failed,
+    /// The follower is not running (only offline replay applies events).
+    Stopped,
+}
+
+/// Progress of a rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildProgress {
+    pub version: u64,
+    pub checkpoint: Position,
+    pub lag: u64,
+}
+
+/// One line of [`Projections::status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionStatus {
+    pub name: ProjectionName,
+    /// The version queries read (raised by each rebuild).
+    pub version: u64,
+    /// Layout version of the model's code.
+    pub schema: u32,
+    pub checkpoint: Position,
+    pub head: Position,
+    /// head − checkpoint.
+    pub lag: u64,
+    pub state: ProjectionState,
+    pub rebuild: Option<RebuildProgress>,
+    pub error: Option<String>,
+}
+
+/// What a rebuild (or offline replay) did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebuildReport {
+    pub projections: Vec<ProjectionName>,
+    /// Versions now active, in the order of `projections`.
+    pub versions: Vec<u64>,
+    /// Events read from the log (each applied to every projection rebuilt).
+    pub events: u64,
+    pub checkpoint: Position,
+    pub elapsed_ms: u64,
+    pub events_per_sec: u64,
+}
+
+#[derive(Clone)]
+struct Active {
+    version: u64,
+    tree: sled::Tree,
+}
+
+#[derive(Debug, Clone)]
+enum SlotState {
+    Idle,
+    Rebuilding { version: u64, checkpoint: Position },
+    Failed(String),
+}
+
+struct Slot {
+    model: Arc<dyn ReadModel>,
+    active: RwLock<Active>,
+    /// Held by whoever writes the active tree: the follower's applier, a rebuild's switch.
+    write: tokio::sync::Mutex<()>,
+    checkpoint: watch::Sender<Position>,
+    state: Mutex<SlotState>,
+}
+
+impl Slot {
+    fn active(&self) -> Active {
+        self.active.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn state(&self) -> SlotState {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn set_state(&self, state: SlotState) {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
+    }
+
+    fn failed(&self) -> bool {
+        matches!(self.state(), SlotState::Failed(_))
+    }
+}
+
+/// A model, the tree it writes and the last position in that tree.
+struct Target {
+    model: Arc<dyn ReadModel>,
+    tree: sled::Tree,
+    checkpoint: Position,
+}
+
+impl Target {
+    /// Applies the events after the checkpoint in one atomic write. Returns whether
+    /// anything was applied.
+    fn apply(&mut self, events: &[Decoded]) -> Result<bool, ProjectionError> {
+        let start = events.partition_point(|e| e.position <= self.checkpoint);
+        let fresh = &events[start..];
+        let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else { return Ok(false) };
+        if first.position != self.checkpoint + 1 {
+            return Err(ProjectionError::Invariant {
+                projection: self.model.name().as_str(),
+                position: first.position,
+                detail: format!("gap: checkpoint is {}", self.checkpoint),
+            });
+        }
+        let mut batch = sled::Batch::default();
+        self.model.apply(&self.tree, fresh, &mut batch)?;
+        batch.insert(CHECKPOINT_KEY, &keys::checkpoint_value(last.position));
+        self.tree.apply_batch(batch)?;
+        self.checkpoint = last.position;
+        Ok(true)
+    }
+}
+
+struct Inner {
+    db: sled::Db,
+    meta: sled::Tree,
+    store: Arc<dyn EventStore>,
+    config: ProjectorConfig,
+    slots: Vec<Slot>,
+    following: std::sync::atomic::AtomicBool,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The read side: every projection, its storage, checkpoint and queries. Cheap to clone.
+#[derive(Clone)]
+pub struct Projections {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Projections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projections").finish_non_exhaustive()
+    }
+}
+
+/// The background tasks started by [`Projections::start`]. Dropping it leaves them
+/// running (until the store closes); call [`Running::stop`] for a clean shutdown.
+#[derive(Debug)]
+pub struct Running {
+    follower: JoinHandle<()>,
+    lag_logger: JoinHandle<()>,
+    projections: Projections,
+}
+
+impl Running {
+    /// Stops the follower after its current batch and waits for it.
+    pub async fn stop(self) {
+        self.projections.inner.shutdown.send_replace(true);
+        self.lag_logger.abort();
+        if let Err(error) = self.follower.await {
+            tracing::error!(%error, "projection follower ended abnormally");
+        }
+    }
+}
+
+impl Projections {
+    /// Opens every projection in `db` (blocking: reads the meta tree and checkpoints).
+    /// A projection whose stored layout is older than its code starts over at a new
+    /// version from position 0.
+    pub fn open(db: sled::Db, store: Arc<dyn EventStore>, config: ProjectorConfig) -> Result<Self, ProjectionError> {
+        if !(1..=10_000).contains(&config.batch_events) || !(1..=10_000).contains(&config.rebuild_batch_events) {
+            return Err(ProjectionError::invalid("batch_events", "must be 1 to 10000"));
+        }
+        let meta = db.open_tree(META_TREE)?;
+        let mut slots = Vec::new();
+        for model in all_models() {
+            let name = model.name();
+            let stored: Option<Meta> = meta.get(name.as_str())?.and_then(|v| serde_json::from_slice(&v).ok());
+            let version = match stored {
+                Some(m) if m.schema == model.schema() => m.version,
+                Some(m) => {
+                    tracing::warn!(projection = %name, stored = m.schema, code = model.schema(), "read model layout changed; rebuilding it from position 0");
+                    m.version + 1
+                }
+                None => 1,
+            };
+            let record = Meta { version, schema: model.schema() };
+            if stored != Some(record) {
+                meta.insert(name.as_str(), serde_json::to_vec(&record).unwrap_or_default())?;
+            }
+            let active_name = tree_name(name, version);
+            let prefix = format!("projection/{}/v", name.as_str());
+            for existing in db.tree_names() {
+                if existing.starts_with(prefix.as_bytes()) && existing != active_name.as_bytes() {
+                    tracing::info!(tree = %String::from_utf8_lossy(&existing), "dropping a stale projection tree");
+                    db.drop_tree(&existing)?;
+                }
+            }
+            let tree = db.open_tree(&active_name)?;
+            let checkpoint = keys::parse_checkpoint(tree.get(CHECKPOINT_KEY)?.as_deref())?;
+            slots.push(Slot {
+                model,
+                active: RwLock::new(Active { version, tree }),
+                write: tokio::sync::Mutex::new(()),
+                checkpoint: watch::channel(checkpoint).0,
+                state: Mutex::new(SlotState::Idle),
+            });
+        }
+        Ok(Projections {
+            inner: Arc::new(Inner {
+                db,
+                meta,
+                store,
+                config,
+                slots,
+                following: std::sync::atomic::AtomicBool::new(false),
+                shutdown: watch::channel(false).0,
+            }),
+        })
+    }
+
+    /// Starts following the log in the background (call inside a tokio runtime).
+    pub fn start(&self) -> Running {
+        self.inner.shutdown.send_replace(false);
+        let follower = tokio::spawn(follow(Arc::clone(&self.inner)));
+        let lag_logger = tokio::spawn(log_lag(Arc::clone(&self.inner)));
+        Running { follower, lag_logger, projections: self.clone() }
+    }
+
+    fn slot(&self, name: ProjectionName) -> &Slot {
+        &self.inner.slots[name.index()]
+    }
+
+    /// The tree queries of `name` read now (its active version).
+    pub fn tree(&self, name: ProjectionName) -> sled::Tree {
+        self.slot(name).active().tree
+    }
+
+    /// Last position applied to the active version of `name`.
+    pub fn checkpoint(&self, name: ProjectionName) -> Position {
+        *self.slot(name).checkpoint.borrow()
+    }
+
+    /// Waits until `name` has applied `position`, at most `timeout`.
+    pub async fn wait_for(&self, name: ProjectionName, position: Position, timeout: Duration) -> Result<(), Lagging> {
+        let slot = self.slot(name);
+        let mut receiver = slot.checkpoint.subscribe();
+        let lagging = |checkpoint| Lagging { projection: name, position, checkpoint };
+        if *receiver.borrow() >= position {
+            return Ok(());
+        }
+        if slot.failed() {
+            return Err(lagging(*receiver.borrow()));
+        }
+        let reached =
+            tokio::time::timeout(timeout, receiver.wait_for(|c| *c >= position)).await.is_ok_and(|r| r.is_ok());
+        if reached {
+            Ok(())
+        } else {
+            Err(lagging(*slot.checkpoint.borrow()))
+        }
+    }
+
+    /// [`wait_for`](Self::wait_for) with the configured bound (5 s by default).
+    pub async fn wait_for_default(&self, name: ProjectionName, position: Position) -> Result<(), Lagging> {
+        self.wait_for(name, position, self.inner.config.wait_timeout).await
+    }
+
+    /// Name, version, checkpoint, head, lag and state of every projection.
+    pub async fn status(&self) -> Result<Vec<ProjectionStatus>, ProjectionError> {
+        let head = self.inner.store.head().await?;
+        let following = self.inner.following.load(std::sync::atomic::Ordering::Acquire);
+        Ok(self
+            .inner
+            .slots
+            .iter()
+            .map(|slot| {
+                let active = slot.active();
+                let checkpoint = *slot.checkpoint.borrow();
+                let (state, rebuild, error) = match slot.state() {
+                    SlotState::Idle if following => (ProjectionState::Running, None, None),
+                    SlotState::Idle => (ProjectionState::Stopped, None, None),
+                    SlotState::Rebuilding { version, checkpoint } => (
+                        ProjectionState::Rebuilding,
+                        Some(RebuildProgress { version, checkpoint, lag: head.saturating_sub(checkpoint) }),
+                        None,
+                    ),
+                    SlotState::Failed(reason) => (ProjectionState::Failed, None, Some(reason)),
+                };
+                ProjectionStatus {
+                    name: slot.model.name(),
+                    version: active.version,
+                    schema: slot.model.schema(),
+                    checkpoint,
+                    head,
+                    lag: head.saturating_sub(checkpoint),
+                    state,
+                    rebuild,
+                    error,
+                }
+            })
+            .collect())
+    }
+
+    /// Builds a new version of each named projection from position 1 and switches
+    /// queries to it once it has caught up with the log (module docs). Queries answer
+    /// from the current version meanwhile. Without a running follower this is the
+    /// offline replay. Runs until done: spawn it to run it in the background.
+    pub async fn rebuild(&self, names: &[ProjectionName]) -> Result<RebuildReport, ProjectionError> {
+        let mut names: Vec<ProjectionName> = names.to_vec();
+        names.sort();
+        names.dedup();
+        let mut claimed: Vec<(ProjectionName, u64, String)> = Vec::new();
+        for &name in &names {
+            let slot = self.slot(name);
+            let mut state = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if matches!(*state, SlotState::Rebuilding { .. }) {
+                drop(state);
+                self.release(&claimed);
+                return Err(ProjectionError::AlreadyRebuilding(name.as_str()));
+            }
+            let version = slot.active().version + 1;
+            *state = SlotState::Rebuilding { version, checkpoint: 0 };
+            claimed.push((name, version, tree_name(name, version)));
+        }
+        let started = Instant::now();
+        let result = self.rebuild_claimed(&claimed).await;
+        match result {
+            Ok((events, checkpoint)) => {
+                let elapsed = started.elapsed();
+                Ok(RebuildReport {
+                    projections: names,
+                    versions: claimed.iter().map(|(_, v, _)| *v).collect(),
+                    events,
+                    checkpoint,
+                    elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                    events_per_sec: per_sec(events, elapsed),
+                })
+            }
+            Err(error) => {
+                tracing::error!(%error, "rebuild failed; the current versions stay active");
+                self.release(&claimed);
+                Err(error)
+            }
+        }
+    }
+
+    /// Gives up claimed rebuilds: drops their trees, the current versions stay.
+    fn release(&self, claimed: &[(ProjectionName, u64, String)]) {
+        for (name, _, tree) in claimed {
+            if let Err(error) = self.inner.db.drop_tree(tree.as_bytes()) {
+                tracing::warn!(%error, tree, "could not drop an abandoned rebuild tree");
+            }
+            let slot = self.slot(*name);
+            let mut state = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if matches!(*state, SlotState::Rebuilding { .. }) {
+                *state = SlotState::Idle;
+            }
+        }
+    }
+
+    async fn rebuild_claimed(
+        &self,
+        claimed: &[(ProjectionName, u64, String)],
+    ) -> Result<(u64, Position), ProjectionError> {
+        let inner = &self.inner;
+        let mut targets = Vec::with_capacity(claimed.len());
+        for (name, _, tree) in claimed {
+            inner.db.drop_tree(tree.as_bytes())?;
+            let tree = inner.db.open_tree(tree.as_bytes())?;
+            targets.push(Target { model: Arc::clone(&self.slot(*name).model), tree, checkpoint: 0 });
+        }
+        // Phase 1: from position 1 to the head, while the follower keeps the current versions.
+        let mut events = 0u64;
+        let (mut batches, reader) = spawn_reader(inner, 1, false, inner.config.rebuild_batch_events);
+        while let Some(batch) = batches.recv().await {
+            events += batch.len() as u64;
+            targets = apply_parallel(targets, batch).await?;
+            for ((name, version, _), target) in claimed.iter().zip(&targets) {
+                self.slot(*name).set_state(SlotState::Rebuilding { version: *version, checkpoint: target.checkpoint });
+            }
+        }
+        join_reader(reader).await?;
+        // Phase 2: per projection, under its write lock, apply what arrived meanwhile and switch.
+        let mut last = 0;
+        for ((name, version, tree_name_new), mut target) in claimed.iter().zip(targets) {
+            let slot = self.slot(*name);
+            let _write = slot.write.lock().await;
+            loop {
+                let from = target.checkpoint + 1;
+                let read = inner.store.read_all(from, inner.config.batch_events).await?;
+                if read.is_empty() {
+                    break;
+                }
+                events += read.len() as u64;
+                let decoded = Arc::new(decode_blocking(read, from).await?);
+                let mut applied = apply_parallel(vec![target], decoded).await?;
+                target = applied.pop().ok_or(ProjectionError::Stopped)?;
+            }
+            let old = slot.active();
+            let live_checkpoint = *slot.checkpoint.borrow();
+            if target.checkpoint < live_checkpoint {
+                return Err(ProjectionError::Invariant {
+                    projection: name.as_str(),
+                    position: target.checkpoint,
+                    detail: format!("rebuild ended behind the live checkpoint {live_checkpoint}"),
+                });
+            }
+            let record = Meta { version: *version, schema: slot.model.schema() };
+            inner.meta.insert(name.as_str(), serde_json::to_vec(&record).unwrap_or_default())?;
+            inner.db.flush_async().await?;
+            *slot.active.write().unwrap_or_else(PoisonError::into_inner) =
+                Active { version: *version, tree: target.tree.clone() };
+            slot.checkpoint.send_replace(target.checkpoint);
+            slot.set_state(SlotState::Idle);
+            inner.db.drop_tree(tree_name(*name, old.version).as_bytes())?;
+            tracing::info!(projection = %name, version, tree = %tree_name_new, checkpoint = target.checkpoint, "rebuild complete; switched");
+            last = last.max(target.checkpoint);
+        }
+        Ok((events, last))
+    }
+
+    /// Offline replay from position 0 of the named projections (all when empty): the
+    /// library side of `paystream replay [--projection NAME]`.
+    pub async fn replay(&self, names: &[ProjectionName]) -> Result<RebuildReport, ProjectionError> {
+        let names = if names.is_empty() { ProjectionName::ALL.to_vec() } else { names.to_vec() };
+        self.rebuild(&names).await
+    }
+
+    /// Every key and value of the active version of `name`, checkpoint included, in key
+    /// order: what "byte-identical read models" compares.
+    pub fn snapshot(&self, name: ProjectionName) -> Result<Vec<KeyValue>, ProjectionError> {
+        self.tree(name).iter().map(|item| Ok(item.map(|(k, v)| (k.to_vec(), v.to_vec()))?)).collect()
+    }
+
+    /// Flushes sled (projections are rebuilt from the log anyway; this only shortens
+    /// the catch-up after a crash).
+    pub async fn flush(&self) -> Result<(), ProjectionError> {
+        self.inner.db.flush_async().await?;
+        Ok(())
+    }
+
+    // ---- queries ----
+
+    pub fn dashboard(&self, query: &DashboardQuery) -> Result<DashboardReport, ProjectionError> {
+        dashboard::query(&self.tree(ProjectionName::MerchantDashboard), query)
+    }
+
+    pub fn search_payments(&self, query: &SearchQuery) -> Result<SearchPage, ProjectionError> {
+        search::search(&self.tree(ProjectionName::PaymentSearch), query)
+    }
+
+    pub fn payment_summary(
+        &self,
+        payment_id: paystream_domain::id::PaymentId,
+    ) -> Result<Option<PaymentSummary>, ProjectionError> {
+        search::get(&self.tree(ProjectionName::PaymentSearch), payment_id)
+    }
+
+    pub fn overview(&self, query: &OverviewQuery) -> Result<OverviewReport, ProjectionError> {
+        overview::query(&self.tree(ProjectionName::PlatformOverview), query)
+    }
+
+    pub fn ledger_accounts(
+        &self,
+        currency: Option<paystream_domain::Currency>,
+    ) -> Result<Vec<AccountBalance>, ProjectionError> {
+        ledger::accounts(&self.tree(ProjectionName::Ledger), currency)
+    }
+
+    pub fn trial_balance(&self) -> Result<TrialBalance, ProjectionError> {
+        ledger::trial_balance(&self.tree(ProjectionName::Ledger))
+    }
+
+    pub fn journal(&self, after_position: Position, limit: usize) -> Result<JournalPage, ProjectionError> {
+        ledger::journal(&self.tree(ProjectionName::Ledger), after_position, limit)
+    }
+
+    /// Writes the whole read model `name` as CSV (`paystream export --projection NAME`).
+    pub fn export_csv(&self, name: ProjectionName, out: &mut dyn std::io::Write) -> Result<(), ProjectionError> {
+        let slot = self.slot(name);
+        slot.model.export_csv(&slot.active().tree, out)
+    }
+}
+
+fn per_sec(n: u64, elapsed: Duration) -> u64 {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        return 0;
+    }
+    (n as f64 / secs) as u64
+}
+
+async fn decode_blocking(
+    events: Vec<paystream_store::RecordedEvent>,
+    first: Position,
+) -> Result<Vec<Decoded>, ProjectionError> {
+    tokio::task::spawn_blocking(move || decode_batch(&events, first)).await.map_err(|e| ProjectionError::Invariant {
+        projection: "runtime",
+        position: first,
+        detail: e.to_string(),
+    })?
+}
+
+/// Reads the log from `from` and sends decoded batches. With `follow` it waits at the
+/// head for new events; without, it ends there.
+fn spawn_reader(inner: &Arc<Inner>, from: Position, follow: bool, batch_events: usize) -> Reader {
+    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let store = Arc::clone(&inner.store);
+    let mut shutdown = inner.shutdown.subscribe();
+    let handle = tokio::spawn(async move {
+        let mut next = from.max(1);
+        loop {
+            if *shutdown.borrow() {
+                return if follow { Ok(()) } else { Err(ProjectionError::Stopped) };
+            }
+            let mut events = store.read_all(next, batch_events).await?;
+            if events.is_empty() {
+                if !follow {
+                    return Ok(());
+                }
+                let mut subscription = store.subscribe(next).await?;
+                tokio::select! {
+                    event = subscription.next() => events.push(event?),
+                    _ = shutdown.changed() => continue,
+                }
+            }
+            let first = next;
+            next += events.len() as u64;
+            let decoded = decode_blocking(events, first).await?;
+            if tx.send(Arc::new(decoded)).await.is_err() {
+                return Ok(());
+            }
+        }
+    });
+    (rx, handle)
+}
+
+async fn join_reader(reader: JoinHandle<Result<(), ProjectionError>>) -> Result<(), ProjectionError> {
+    reader.await.map_err(|e| ProjectionError::Invariant {
+        projection: "runtime",
+        position: 0,
+        detail: e.to_string(),
+    })?
+}
+
+/// Applies one batch to each target, in parallel, and gives the targets back.
+async fn apply_parallel(targets: Vec<Target>, batch: Arc<Vec<Decoded>>) -> Result<Vec<Target>, ProjectionError> {
+    let handles: Vec<_> = targets
+        .into_iter()
+        .map(|mut target| {
+            let batch = Arc::clone(&batch);
+            tokio::task::spawn_blocking(move || target.apply(&batch).map(|_| target))
+        })
+        .collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        let target = handle.await.map_err(|e| ProjectionError::Invariant {
+            projection: "runtime",
+            position: 0,
+            detail: e.to_string(),
+        })??;
+        out.push(target);
+    }
+    Ok(out)
+}
+
+impl Inner {
+    /// Applies a batch to one live projection under its write lock (blocking).
+    fn apply_live(&self, index: usize, batch: &[Decoded]) -> Result<(), ProjectionError> {
+        let slot = &self.slots[index];
+        let _write = slot.write.blocking_lock();
+        let active = slot.active();
+        let mut target =
+            Target { model: Arc::clone(&slot.model), tree: active.tree, checkpoint: *slot.checkpoint.borrow() };
+        if target.apply(batch)? {
+            slot.checkpoint.send_replace(target.checkpoint);
+        }
+        Ok(())
+    }
+
+    fn lowest_live_checkpoint(&self) -> Option<Position> {
+        self.slots.iter().filter(|s| !s.failed()).map(|s| *s.checkpoint.borrow()).min()
+    }
+
+    fn fail(&self, index: usize, error: &ProjectionError) {
+        let slot = &self.slots[index];
+        tracing::error!(projection = %slot.model.name(), checkpoint = *slot.checkpoint.borrow(), %error, "projection stopped");
+        slot.set_state(SlotState::Failed(error.to_string()));
+    }
+}
+
+async fn follow(inner: Arc<Inner>) {
+    inner.following.store(true, std::sync::atomic::Ordering::Release);
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let Some(lowest) = inner.lowest_live_checkpoint() else {
+            // Every projection failed: nothing to do until shutdown.
+            let _ = shutdown.changed().await;
+            break;
+        };
+        let (mut batches, reader) = spawn_reader(&inner, lowest + 1, true, inner.config.batch_events);
+        while let Some(batch) = batches.recv().await {
+            let handles: Vec<_> = (0..inner.slots.len())
+                .filter(|&i| !inner.slots[i].failed())
+                .map(|i| {
+                    let (inner, batch) = (Arc::clone(&inner), Arc::clone(&batch));
+                    (i, tokio::task::spawn_blocking(move || inner.apply_live(i, &batch)))
+                })
+                .collect();
+            for (i, handle) in handles {
+                match handle.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => inner.fail(i, &error),
+                    Err(join) => inner.fail(
+                        i,
+                        &ProjectionError::Invariant { projection: "runtime", position: 0, detail: join.to_string() },
+                    ),
+                }
+            }
+        }
+        match join_reader(reader).await {
+            Ok(()) => {}
+            Err(ProjectionError::Store(StoreError::Closed)) => {
+                tracing::info!("event store closed; projections stop following");
+                break;
+            }
+            Err(error @ ProjectionError::Decode { .. }) => {
+                // No projection can pass an event it cannot read.
+                for i in 0..inner.slots.len() {
+                    if !inner.slots[i].failed() {
+                        inner.fail(i, &error);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "projection follower: reading the log failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY_DELAY) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+    inner.following.store(false, std::sync::atomic::Ordering::Release);
+}
+
+async fn log_lag(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(inner.config.lag_log_interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let head = match inner.store.head().await {
+            Ok(head) => head,
+            Err(_) => continue,
+        };
+        for slot in &inner.slots {
+            let checkpoint = *slot.checkpoint.borrow();
+            let lag = head.saturating_sub(checkpoint);
+            let name = slot.model.name();
+            let version = slot.active().version;
+            match slot.state() {
+                SlotState::Failed(reason) => {
+                    tracing::error!(projection = %name, version, checkpoint, head, lag, %reason, "projection failed")
+                }
+                SlotState::Rebuilding { version: new, checkpoint: at } => {
+                    tracing::info!(projection = %name, version, checkpoint, head, lag, rebuilding = new, rebuild_checkpoint = at, "projection lag")
+                }
+                SlotState::Idle => tracing::info!(projection = %name, version, checkpoint, head, lag, "projection lag"),
+            }
+        }
+    }
+}

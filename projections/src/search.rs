@@ -1,0 +1,529 @@
+//! Payment search: one summary per payment, kept current as its events arrive, and
+//! indexes in sled key order so a page is a short range scan, newest first.
+//!
+//! Tree layout (`projection/payment_search/v<N>`), where `<desc id>` is the payment
+//! uuid with every bit inverted, so ascending keys are descending ids:
+//!
+//! ```text
+//! s<desc id>                   PaymentSummary (JSON)   all payments, newest first
+//! i<merchant uuid><desc id>    (empty)                 one merchant's payments, newest first
+//! ```
+//!
+//! Payment ids are UUIDv7 minted when the payment is created: their first 48 bits are
+//! the creation time in milliseconds, so descending id order is newest-first creation
+//! order (ties within a millisecond broken by the id's random bits). The key is thus
+//! (merchant, created time, id), reversed, without storing the time twice; `created_from`
+//! and `created_to` narrow the scanned range through the id's time bits (with a margin
+//! of [`CREATED_AT_MARGIN_MS`]) and then compare `created_at` exactly.
+//!
+//! Index keys depend only on what never changes (merchant and id), so a status change
+//! rewrites the summary only, and pagination with `starting_after` stays stable while
+//! payments move. Filters on status, method, currency, amount and customer are checked
+//! on the summaries as the range is scanned, at most [`MAX_SCANNED_PER_QUERY`] per page.
+
+use std::io::Write;
+
+use paystream_domain::id::{MerchantId, PaymentId};
+use paystream_domain::method::{CardBrand, MethodSummary};
+use paystream_domain::payment::{CaptureMethod, DeclineCode, PaymentEvent, PaymentStatus, ReviewState};
+use paystream_domain::risk::RiskDecision;
+use paystream_domain::time::Timestamp;
+use paystream_domain::Currency;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::counters::METHOD_TYPES;
+use crate::csv::CsvWriter;
+use crate::dashboard::orphan;
+use crate::decode::{Decoded, DomainRecord};
+use crate::error::ProjectionError;
+use crate::keys;
+use crate::model::{json_record, ProjectionName, ReadModel, Record, Stage};
+
+/// Largest page.
+pub const MAX_PAGE_SIZE: usize = 100;
+/// Page size when the query names none.
+pub const DEFAULT_PAGE_SIZE: usize = 20;
+/// Most index entries one query looks at. A selective filter that matches little
+/// returns a short page with `has_more` and a cursor to continue from.
+pub const MAX_SCANNED_PER_QUERY: usize = 10_000;
+
+const NAME: ProjectionName = ProjectionName::PaymentSearch;
+
+/// A payment as search shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentSummary {
+    pub id: PaymentId,
+    pub merchant_id: MerchantId,
+    pub status: PaymentStatus,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub amount_capturable_minor: i64,
+    pub amount_captured_minor: i64,
+    pub amount_refunded_minor: i64,
+    /// Under open disputes.
+    pub amount_disputed_minor: i64,
+    pub amount_dispute_lost_minor: i64,
+    pub amount_settled_minor: i64,
+    pub fees_minor: i64,
+    pub capture_method: CaptureMethod,
+    /// `card`, `bank_transfer`, `wallet`, `qr_code` or `nfc`.
+    pub method_type: String,
+    pub card_brand: Option<CardBrand>,
+    /// Last four of the card, account or token, when the method has one.
+    pub last4: Option<String>,
+    pub customer_id: Option<String>,
+    pub customer_email: Option<String>,
+    pub risk_score: Option<u8>,
+    pub risk_decision: Option<RiskDecision>,
+    pub review: ReviewState,
+    pub decline_code: Option<DeclineCode>,
+    pub authorized: bool,
+    pub voided: bool,
+    pub expired: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+json_record!(PaymentSummary);
+
+impl PaymentSummary {
+    /// The same rule as `Payment::status` in the domain.
+    fn derive_status(&self) -> PaymentStatus {
+        if self.decline_code.is_some() {
+            PaymentStatus::Declined
+        } else if self.voided {
+            PaymentStatus::Voided
+        } else if self.review == ReviewState::Pending {
+            PaymentStatus::RequiresReview
+        } else if !self.authorized {
+            PaymentStatus::Pending
+        } else if self.amount_captured_minor > 0 {
+            if self.amount_refunded_minor == self.amount_captured_minor && self.amount_capturable_minor == 0 {
+                PaymentStatus::Refunded
+            } else {
+                PaymentStatus::Captured
+            }
+        } else if self.expired {
+            PaymentStatus::Expired
+        } else {
+            PaymentStatus::Authorized
+        }
+    }
+
+    fn initiated(payment_id: PaymentId, event: &PaymentEvent) -> Option<PaymentSummary> {
+        let PaymentEvent::PaymentInitiated {
+            merchant_id, amount, capture_method, method, customer, initiated_at, ..
+        } = event
+        else {
+            return None;
+        };
+        let (card_brand, last4) = match method {
+            MethodSummary::Card { brand, last4, .. } => (Some(*brand), Some(last4.clone())),
+            MethodSummary::BankTransfer { account_last4, .. } => (None, Some(account_last4.clone())),
+            MethodSummary::Nfc { token_last4, .. } => (None, Some(token_last4.clone())),
+            MethodSummary::Wallet { .. } | MethodSummary::QrCode { .. } => (None, None),
+        };
+        Some(PaymentSummary {
+            id: payment_id,
+            merchant_id: *merchant_id,
+            status: PaymentStatus::Pending,
+            amount_minor: amount.amount_minor,
+            currency: amount.currency,
+            amount_capturable_minor: 0,
+            amount_captured_minor: 0,
+            amount_refunded_minor: 0,
+            amount_disputed_minor: 0,
+            amount_dispute_lost_minor: 0,
+            amount_settled_minor: 0,
+            fees_minor: 0,
+            capture_method: *capture_method,
+            method_type: method.type_name().to_string(),
+            card_brand,
+            last4,
+            customer_id: customer.id.clone(),
+            customer_email: customer.email.clone(),
+            risk_score: None,
+            risk_decision: None,
+            review: ReviewState::NotRequired,
+            decline_code: None,
+            authorized: false,
+            voided: false,
+            expired: false,
+            created_at: *initiated_at,
+            updated_at: *initiated_at,
+        })
+    }
+
+    /// Mirrors the domain's `evolve` for the fields kept here.
+    fn evolve(&mut self, event: &PaymentEvent) {
+        use PaymentEvent as E;
+        let at = match event {
+            E::PaymentInitiated { initiated_at, .. } => *initiated_at,
+            E::PaymentRiskAssessed { score, decision, assessed_at, .. } => {
+                self.risk_score = Some(*score);
+                self.risk_decision = Some(*decision);
+                if *decision == RiskDecision::Review {
+                    self.review = ReviewState::Pending;
+                }
+                *assessed_at
+            }
+            E::PaymentAuthorized { amount, authorized_at, .. } => {
+                self.authorized = true;
+                self.amount_capturable_minor = amount.amount_minor;
+                *authorized_at
+            }
+            E::PaymentDeclined { decline_code, declined_at } => {
+                self.decline_code = Some(*decline_code);
+                self.amount_capturable_minor = 0;
+                *declined_at
+            }
+            E::PaymentReviewApproved { reviewed_at, .. } => {
+                self.review = ReviewState::Approved;
+                *reviewed_at
+            }
+            E::PaymentReviewRejected { reviewed_at, .. } => {
+                self.review = ReviewState::Rejected;
+                self.decline_code = Some(DeclineCode::ReviewRejected);
+                self.amount_capturable_minor = 0;
+                *reviewed_at
+            }
+            E::PaymentCaptured { amount, fee, final_capture, captured_at, .. } => {
+                self.amount_captured_minor = self.amount_captured_minor.saturating_add(amount.amount_minor);
+                self.amount_capturable_minor =
+                    if *final_capture { 0 } else { self.amount_capturable_minor.saturating_sub(amount.amount_minor) };
+                self.fees_minor = self.fees_minor.saturating_add(fee.amount_minor);
+                *captured_at
+            }
+            E::PaymentVoided { voided_at, .. } => {
+                self.voided = true;
+                self.amount_capturable_minor = 0;
+                *voided_at
+            }
+            E::PaymentAuthorizationExpired { expired_at, .. } => {
+                self.expired = true;
+                self.amount_capturable_minor = 0;
+                *expired_at
+            }
+            E::PaymentRefunded { amount, refunded_at, .. } => {
+                self.amount_refunded_minor = self.amount_refunded_minor.saturating_add(amount.amount_minor);
+                *refunded_at
+            }
+            E::PaymentDisputeOpened { amount, opened_at, .. } => {
+                self.amount_disputed_minor = self.amount_disputed_minor.saturating_add(amount.amount_minor);
+                *opened_at
+            }
+            E::PaymentDisputeWon { amount, resolved_at, .. } => {
+                self.amount_disputed_minor = self.amount_disputed_minor.saturating_sub(amount.amount_minor);
+                *resolved_at
+            }
+            E::PaymentDisputeLost { amount, resolved_at, .. } => {
+                self.amount_disputed_minor = self.amount_disputed_minor.saturating_sub(amount.amount_minor);
+                self.amount_dispute_lost_minor = self.amount_dispute_lost_minor.saturating_add(amount.amount_minor);
+                *resolved_at
+            }
+            E::PaymentSettled { amount, settled_at, .. } => {
+                self.amount_settled_minor = self.amount_settled_minor.saturating_add(amount.amount_minor);
+                *settled_at
+            }
+        };
+        self.updated_at = at;
+        self.status = self.derive_status();
+    }
+}
+
+fn summary_key(payment: &Uuid) -> Vec<u8> {
+    keys::key(&[b"s", &keys::uuid_desc(payment)])
+}
+
+/// Most a payment id's time may differ from its `created_at` for the range narrowing.
+pub const CREATED_AT_MARGIN_MS: i64 = 24 * 3_600 * 1_000;
+
+/// The inverted bytes of the smallest (`fill` 0) or largest (`fill` 0xff) UUIDv7 of a
+/// millisecond.
+fn desc_time_bound(at: Timestamp, margin_ms: i64, fill: u8) -> [u8; 16] {
+    let ms = i64::try_from(at.as_datetime().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let ms = u64::try_from(ms.saturating_add(margin_ms).max(0)).unwrap_or(0).min((1 << 48) - 1);
+    let mut raw = [fill; 16];
+    raw[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    keys::uuid_desc(&Uuid::from_bytes(raw))
+}
+
+fn normalize_email(email: &str) -> String {
+    email.to_lowercase()
+}
+
+/// The payment search read model.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PaymentSearch;
+
+impl ReadModel for PaymentSearch {
+    fn name(&self) -> ProjectionName {
+        NAME
+    }
+
+    fn schema(&self) -> u32 {
+        1
+    }
+
+    fn apply(&self, tree: &sled::Tree, events: &[Decoded], batch: &mut sled::Batch) -> Result<(), ProjectionError> {
+        let mut summaries: Stage<PaymentSummary> = Stage::new(NAME);
+        for decoded in events {
+            let DomainRecord::Payment { payment_id, event } = &decoded.record else { continue };
+            let uuid = payment_id.as_uuid();
+            let key = summary_key(uuid);
+            if let Some(mut summary) = PaymentSummary::initiated(*payment_id, event) {
+                summary.evolve(event);
+                let merchant = *summary.merchant_id.as_uuid();
+                batch.insert(keys::key(&[b"i", merchant.as_bytes(), &keys::uuid_desc(uuid)]), &[] as &[u8]);
+                summaries.put(key, summary);
+                continue;
+            }
+            match summaries.get_mut(tree, &key)? {
+                Some(summary) => summary.evolve(event),
+                None => return Err(orphan(decoded.position)),
+            }
+        }
+        summaries.write_to(batch);
+        Ok(())
+    }
+
+    fn export_csv(&self, tree: &sled::Tree, out: &mut dyn Write) -> Result<(), ProjectionError> {
+        let mut csv = CsvWriter::new(out);
+        csv.row(CSV_HEADER)?;
+        for item in tree.scan_prefix(b"s") {
+            let (key, value) = item?;
+            csv.row(summary_cells(&decode_summary(&key, &value)?))?;
+        }
+        Ok(())
+    }
+}
+
+/// Columns of a payment CSV.
+pub const CSV_HEADER: [&str; 27] = [
+    "id",
+    "merchant_id",
+    "status",
+    "amount_minor",
+    "currency",
+    "amount_capturable_minor",
+    "amount_captured_minor",
+    "amount_refunded_minor",
+    "amount_disputed_minor",
+    "amount_dispute_lost_minor",
+    "amount_settled_minor",
+    "fees_minor",
+    "capture_method",
+    "method_type",
+    "card_brand",
+    "last4",
+    "customer_id",
+    "customer_email",
+    "risk_score",
+    "risk_decision",
+    "review",
+    "decline_code",
+    "authorized",
+    "voided",
+    "expired",
+    "created_at",
+    "updated_at",
+];
+
+fn enum_text<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Null) | Err(_) => String::new(),
+        Ok(other) => other.to_string(),
+    }
+}
+
+fn summary_cells(s: &PaymentSummary) -> Vec<String> {
+    vec![
+        s.id.to_string(),
+        s.merchant_id.to_string(),
+        enum_text(&s.status),
+        s.amount_minor.to_string(),
+        s.currency.to_string(),
+        s.amount_capturable_minor.to_string(),
+        s.amount_captured_minor.to_string(),
+        s.amount_refunded_minor.to_string(),
+        s.amount_disputed_minor.to_string(),
+        s.amount_dispute_lost_minor.to_string(),
+        s.amount_settled_minor.to_string(),
+        s.fees_minor.to_string(),
+        enum_text(&s.capture_method),
+        s.method_type.clone(),
+        enum_text(&s.card_brand),
+        s.last4.clone().unwrap_or_default(),
+        s.customer_id.clone().unwrap_or_default(),
+        s.customer_email.clone().unwrap_or_default(),
+        s.risk_score.map(|v| v.to_string()).unwrap_or_default(),
+        enum_text(&s.risk_decision),
+        enum_text(&s.review),
+        enum_text(&s.decline_code),
+        s.authorized.to_string(),
+        s.voided.to_string(),
+        s.expired.to_string(),
+        s.created_at.to_string(),
+        s.updated_at.to_string(),
+    ]
+}
+
+/// Writes payment summaries (e.g. one page of search results) as CSV.
+pub fn write_csv(summaries: &[PaymentSummary], out: &mut dyn Write) -> Result<(), ProjectionError> {
+    let mut csv = CsvWriter::new(out);
+    csv.row(CSV_HEADER)?;
+    for s in summaries {
+        csv.row(summary_cells(s))?;
+    }
+    Ok(())
+}
+
+fn decode_summary(key: &[u8], value: &[u8]) -> Result<PaymentSummary, ProjectionError> {
+    PaymentSummary::decode(value).ok_or_else(|| ProjectionError::Corrupt {
+        projection: NAME.as_str(),
+        key: format!("{key:?}"),
+        detail: "summary does not parse".into(),
+    })
+}
+
+/// One payment by id, if it exists.
+pub fn get(tree: &sled::Tree, payment_id: PaymentId) -> Result<Option<PaymentSummary>, ProjectionError> {
+    let key = summary_key(payment_id.as_uuid());
+    tree.get(&key)?.map(|value| decode_summary(&key, &value)).transpose()
+}
+
+/// A search. Every filter is optional; they combine with AND.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchQuery {
+    /// Only this merchant's payments. The API sets it to the caller's merchant for
+    /// merchant keys; analysts and admins may leave it out (all merchants).
+    pub merchant_id: Option<MerchantId>,
+    pub status: Option<PaymentStatus>,
+    /// `card`, `bank_transfer`, `wallet`, `qr_code` or `nfc`.
+    pub method_type: Option<String>,
+    pub currency: Option<Currency>,
+    /// Created at or after.
+    pub created_from: Option<Timestamp>,
+    /// Created strictly before.
+    pub created_to: Option<Timestamp>,
+    pub min_amount_minor: Option<i64>,
+    pub max_amount_minor: Option<i64>,
+    pub customer_id: Option<String>,
+    /// Compared case-insensitively.
+    pub customer_email: Option<String>,
+    /// 1..=100; `None` means 20.
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page (a payment id).
+    pub starting_after: Option<PaymentId>,
+}
+
+/// A page of results, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchPage {
+    pub data: Vec<PaymentSummary>,
+    pub has_more: bool,
+    /// Pass as `starting_after` for the next page; `null` when there is none. It is the
+    /// last payment of `data`, or the last one looked at when the scan bound was reached.
+    pub next_cursor: Option<PaymentId>,
+}
+
+impl SearchQuery {
+    fn matches(&self, s: &PaymentSummary) -> bool {
+        self.merchant_id.is_none_or(|m| m == s.merchant_id)
+            && self.status.is_none_or(|st| st == s.status)
+            && self.method_type.as_deref().is_none_or(|m| m == s.method_type)
+            && self.currency.is_none_or(|c| c == s.currency)
+            && self.created_from.is_none_or(|from| s.created_at >= from)
+            && self.created_to.is_none_or(|to| s.created_at < to)
+            && self.min_amount_minor.is_none_or(|min| s.amount_minor >= min)
+            && self.max_amount_minor.is_none_or(|max| s.amount_minor <= max)
+            && self.customer_id.as_deref().is_none_or(|c| s.customer_id.as_deref() == Some(c))
+            && self.customer_email.as_deref().is_none_or(|e| {
+                s.customer_email.as_deref().is_some_and(|own| normalize_email(own) == normalize_email(e))
+            })
+    }
+
+    fn validate(&self) -> Result<usize, ProjectionError> {
+        let limit = self.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+            return Err(ProjectionError::invalid("limit", format!("must be 1 to {MAX_PAGE_SIZE}")));
+        }
+        if let Some(method) = &self.method_type {
+            if !METHOD_TYPES.contains(&method.as_str()) {
+                return Err(ProjectionError::invalid("method_type", format!("must be one of {METHOD_TYPES:?}")));
+            }
+        }
+        if let (Some(min), Some(max)) = (self.min_amount_minor, self.max_amount_minor) {
+            if min > max {
+                return Err(ProjectionError::invalid("min_amount", "must not exceed max_amount"));
+            }
+        }
+        Ok(limit)
+    }
+}
+
+/// Answers a search from the model in `tree`.
+pub fn search(tree: &sled::Tree, q: &SearchQuery) -> Result<SearchPage, ProjectionError> {
+    let limit = q.validate()?;
+    let prefix = match q.merchant_id {
+        Some(merchant) => keys::key(&[b"i", merchant.as_uuid().as_bytes()]),
+        None => b"s".to_vec(),
+    };
+    let mut start = prefix.clone();
+    if let Some(to) = q.created_to {
+        start.extend_from_slice(&desc_time_bound(to, CREATED_AT_MARGIN_MS, 0xff));
+    }
+    if let Some(after) = q.starting_after {
+        let cursor = get(tree, after)?
+            .filter(|s| q.merchant_id.is_none_or(|m| m == s.merchant_id))
+            .ok_or_else(|| ProjectionError::invalid("starting_after", "no such payment"))?;
+        let mut after_key = keys::key(&[&prefix, &keys::uuid_desc(cursor.id.as_uuid())]);
+        after_key.push(0); // strictly after the cursor
+        start = start.max(after_key);
+    }
+    let end = match q.created_from {
+        Some(from) => keys::prefix_end(&keys::key(&[&prefix, &desc_time_bound(from, -CREATED_AT_MARGIN_MS, 0)])),
+        None => keys::prefix_end(&prefix),
+    };
+    let mut data = Vec::with_capacity(limit);
+    let mut scanned = 0usize;
+    let mut last_scanned = None;
+    if start < end {
+        for item in tree.range(start..end) {
+            let (key, value) = item?;
+            let id =
+                key.get(prefix.len()..).and_then(keys::uuid_from_desc).ok_or_else(|| ProjectionError::Corrupt {
+                    projection: NAME.as_str(),
+                    key: format!("{key:?}"),
+                    detail: "index key".into(),
+                })?;
+            let payment_id = PaymentId::from_uuid(id);
+            if scanned == MAX_SCANNED_PER_QUERY {
+                // Bound reached with entries left: continue after the last one looked at.
+                return Ok(SearchPage { data, has_more: true, next_cursor: last_scanned });
+            }
+            scanned += 1;
+            let summary = if q.merchant_id.is_some() {
+                match get(tree, payment_id)? {
+                    Some(summary) => summary,
+                    None => continue,
+                }
+            } else {
+                decode_summary(&key, &value)?
+            };
+            if !q.matches(&summary) {
+                last_scanned = Some(payment_id);
+                continue;
+            }
+            if data.len() == limit {
+                let next_cursor = data.last().map(|s: &PaymentSummary| s.id);
+                return Ok(SearchPage { data, has_more: true, next_cursor });
+            }
+            last_scanned = Some(payment_id);
+            data.push(summary);
+        }
+    }
+    Ok(SearchPage { data, has_more: false, next_cursor: None })
+}

@@ -1,0 +1,168 @@
+//! The projector runtime: live following equals a full replay, a rebuild (online,
+//! while events keep arriving) gives byte-identical trees, a projector killed with
+//! SIGKILL mid-stream resumes to exactly the replayed model, read-your-writes waits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use paystream_projections::sim::{SimOptions, Simulator};
+use paystream_projections::{ProjectionName, ProjectionState};
+use paystream_store::EventStore;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_follow_equals_replay_and_online_rebuild_is_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let (mut sim, merchants) = Simulator::new(SimOptions { seed: 11, ..SimOptions::default() }).unwrap();
+    for (stream, events) in merchants {
+        let encoded = events.iter().map(paystream_projections::sim::encode).collect();
+        store.append(&stream, paystream_store::ExpectedVersion::NoStream, encoded).await.unwrap();
+    }
+    // Live: the runtime follows while events arrive, in many small batches.
+    let live = open_projections(dir.path(), "live", &store);
+    let running = live.start();
+    append_payments(&store, &mut sim, 300).await;
+    let head = store.head().await.unwrap();
+    wait_all(&live, head).await;
+    let before = snapshot(&live);
+
+    // Online rebuild while more events arrive; queries answer throughout.
+    let rebuild = tokio::spawn({
+        let live = live.clone();
+        async move { live.rebuild(&ProjectionName::ALL).await }
+    });
+    let writer = async {
+        for _ in 0..10 {
+            append_payments(&store, &mut sim, 20).await;
+            let page = live.search_payments(&Default::default()).unwrap();
+            assert!(!page.data.is_empty(), "queries keep answering during the rebuild");
+        }
+    };
+    writer.await;
+    let report = rebuild.await.unwrap().unwrap();
+    assert_eq!(report.versions, vec![2, 2, 2, 2]);
+    let head = store.head().await.unwrap();
+    wait_all(&live, head).await;
+    let status = live.status().await.unwrap();
+    for s in &status {
+        assert_eq!((s.version, s.state, s.checkpoint, s.lag), (2, ProjectionState::Running, head, 0), "{s:?}");
+    }
+    let after_rebuild = snapshot(&live);
+
+    // A full offline replay into another database gives the same bytes.
+    let replayed = open_projections(dir.path(), "replayed", &store);
+    let report = replayed.replay(&[]).await.unwrap();
+    assert_eq!(report.checkpoint, head);
+    assert_same(&after_rebuild, &snapshot(&replayed));
+
+    // And a rebuild of the state before the extra events equals what live had then.
+    assert!(before.iter().zip(&after_rebuild).all(|((_, a), (_, b))| a.len() <= b.len()));
+    running.stop().await;
+    assert_eq!(live.status().await.unwrap()[0].state, ProjectionState::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_returns_once_applied_and_times_out_while_lagging() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let head = fill(&store, SimOptions { merchants: 3, ..SimOptions::default() }, 20).await;
+    let projections = open_projections(dir.path(), "projections", &store);
+
+    // Not started: nothing is applied, the wait gives up after its bound.
+    let lagging =
+        projections.wait_for(ProjectionName::PaymentSearch, head, Duration::from_millis(100)).await.unwrap_err();
+    assert_eq!((lagging.projection, lagging.position, lagging.checkpoint), (ProjectionName::PaymentSearch, head, 0));
+
+    let running = projections.start();
+    for name in ProjectionName::ALL {
+        projections.wait_for(name, head, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(projections.checkpoint(name), head);
+    }
+    // A position the log has not reached yet: Lagging after the bound, at the head.
+    let future = head + 5;
+    let lagging = projections.wait_for(ProjectionName::Ledger, future, Duration::from_millis(200)).await.unwrap_err();
+    assert_eq!((lagging.position, lagging.checkpoint), (future, head));
+    // ... and Ok as soon as it is applied.
+    let waiter = tokio::spawn({
+        let projections = projections.clone();
+        async move { projections.wait_for(ProjectionName::Ledger, future, Duration::from_secs(10)).await }
+    });
+    let mut sim = Simulator::new(SimOptions { merchants: 3, seed: 99, ..SimOptions::default() }).unwrap().0;
+    let mut last = head;
+    while last < future {
+        last = append_payments(&store, &mut sim, 1).await;
+    }
+    waiter.await.unwrap().unwrap();
+    running.stop().await;
+}
+
+/// The child side of the SIGKILL test: follows the log until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_projector() {
+    let Ok(dir) = std::env::var("PAYSTREAM_PROJECTIONS_CHILD_DIR") else { return };
+    let dir = std::path::PathBuf::from(dir);
+    let store = open_store(&dir);
+    let projections = open_projections(&dir, "projections", &store);
+    let _running = projections.start();
+    for _ in 0..12_000 {
+        let lowest = ProjectionName::ALL.map(|n| projections.checkpoint(n)).into_iter().min().unwrap_or(0);
+        println!("CHECKPOINT {lowest}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projector_killed_mid_stream_resumes_to_the_replayed_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = {
+        let store = open_store(dir.path());
+        let head = fill(&store, SimOptions { seed: 5, ..SimOptions::default() }, 2_500).await;
+        store.close().await.unwrap();
+        head
+    };
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let mut checkpoints = Vec::new();
+    for round in 0..2u32 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_projector", "--nocapture", "--test-threads=1"])
+            .env("PAYSTREAM_PROJECTIONS_CHILD_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill (SIGKILL) once the child reports a checkpoint past a random point of the log.
+        let threshold = head * (20 + u64::from((seed >> (round * 8)) % 60)) / 100;
+        let stdout = child.stdout.take().unwrap();
+        let reached = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|line| line.strip_prefix("CHECKPOINT ").and_then(|n| n.parse::<u64>().ok()))
+                .find(|checkpoint| *checkpoint >= threshold)
+        });
+        let reached = tokio::time::timeout(Duration::from_secs(60), reached).await.unwrap().unwrap();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        eprintln!("round {round}: killed at checkpoint {reached:?} (threshold {threshold}, head {head})");
+        let store = open_store(dir.path());
+        let projections = open_projections(dir.path(), "projections", &store);
+        checkpoints.push(ProjectionName::ALL.map(|n| projections.checkpoint(n)));
+        drop(projections);
+        store.close().await.unwrap();
+    }
+    eprintln!("checkpoints after each SIGKILL: {checkpoints:?} (head {head})");
+    assert!(checkpoints.iter().flatten().any(|c| *c < head), "a kill landed mid-stream");
+
+    let store = open_store(dir.path());
+    let resumed = open_projections(dir.path(), "projections", &store);
+    let running = resumed.start();
+    wait_all(&resumed, head).await;
+    running.stop().await;
+    let replayed = open_projections(dir.path(), "replayed", &store);
+    replayed.replay(&[]).await.unwrap();
+    assert_same(&snapshot(&resumed), &snapshot(&replayed));
+}
