@@ -101,15 +101,23 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
     let admin_key = "bench-admin-key".to_string();
+    let mut projections = None;
     let (addr, admin_key, _server) = match options.target.clone() {
         Some((addr, key)) => (addr, key, None),
         None => {
             std::env::set_var("PAYSTREAM_ADMIN_KEY", &admin_key);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
-            let (services, _store) = crate::server::open(&options.data).await?;
-            crate::server::bootstrap_admin(&services).await?;
-            let router = crate::app::app(crate::state::AppState { services });
+            let opened = crate::server::open(&options.data).await?;
+            crate::server::bootstrap_admin(&opened.services).await?;
+            // The projections follow the log during the load, as in production
+            // (dropping the handle leaves them running).
+            let _ = opened.projections.start();
+            projections = Some(opened.projections.clone());
+            let router = crate::app::app(crate::state::AppState {
+                services: opened.services,
+                projections: opened.projections.clone(),
+            });
             let server = tokio::spawn(async move { axum::serve(listener, router).await });
             (addr, admin_key, Some(server))
         }
@@ -134,6 +142,19 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
 
     let started = Instant::now();
     let deadline = started + options.duration;
+    // Samples the largest projection lag (head - checkpoint) during the load.
+    let lag_sampler = projections.clone().map(|projections| {
+        tokio::spawn(async move {
+            let mut max_lag = 0;
+            while Instant::now() < deadline {
+                if let Ok(status) = projections.status().await {
+                    max_lag = status.iter().map(|s| s.lag).max().unwrap_or(0).max(max_lag);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            max_lag
+        })
+    });
     let mut tasks = Vec::new();
     for client in 0..options.clients {
         let key = merchant_key.clone();
@@ -177,12 +198,26 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
     }
     let elapsed = started.elapsed();
     latencies.sort();
+    let mut lag_line = String::new();
+    if let (Some(projections), Some(sampler)) = (projections, lag_sampler) {
+        let max_lag = sampler.await.unwrap_or(0);
+        let head = projections.status().await?.iter().map(|s| s.head).max().unwrap_or(0);
+        let caught_up = Instant::now();
+        for name in paystream_projections::ProjectionName::ALL {
+            projections.wait_for(name, head, Duration::from_secs(120)).await?;
+        }
+        lag_line = format!(
+            "\n\nProjection lag during the load (all four projections, sampled every 100 ms): max {max_lag} events; \
+             caught up with the head ({head}) {:.0} ms after the load stopped.",
+            caught_up.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let count = latencies.len() as u64;
     let per_second = count * 1_000 / (elapsed.as_millis().max(1) as u64);
     Ok(format!(
         "| clients | payments created+captured | failures | payments/s | durable appends/s | p50 | p99 | max |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|\n\
-         | {} | {count} | {failures} | {per_second} | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+         | {} | {count} | {failures} | {per_second} | {} | {:.2} ms | {:.2} ms | {:.2} ms |{lag_line}",
         options.clients,
         per_second * 2,
         percentile(&latencies, 50.0).as_secs_f64() * 1e3,

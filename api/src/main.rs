@@ -3,6 +3,8 @@
 //! ```text
 //! paystream serve [--data DIR] [--listen ADDR]    run the HTTP API (default ./data, 127.0.0.1:8080)
 //! paystream verify [--data DIR]                   check the log's hash chain
+//! paystream replay [--projection NAME] [--data DIR] rebuild read models offline from position 0
+//! paystream export --projection NAME [--format csv] a read model as CSV on stdout
 //! paystream bench store [--events N] [--dir DIR]  event log benchmark (docs/performance.md)
 //! paystream bench http [--clients 64] [--seconds 10] payment API load test (docs/performance.md)
 //! ```
@@ -12,11 +14,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use paystream_api::server::{serve, BoxError, ServeOptions};
+use std::sync::Arc;
+
+use paystream_projections::{ProjectionName, Projections};
 use paystream_store::{EmbeddedStore, EventStore};
 
 const USAGE: &str = "usage:
   paystream serve [--data DIR] [--listen ADDR]
   paystream verify [--data DIR]
+  paystream replay [--projection NAME] [--data DIR]
+  paystream export --projection NAME [--format csv] [--data DIR]
   paystream bench store [--events N] [--dir DIR]
   paystream bench http [--clients 64] [--seconds 10] [--url HOST:PORT --admin-key KEY] [--data DIR]";
 
@@ -57,6 +64,17 @@ impl Args {
     }
 }
 
+/// The log and the read side, opened offline (the server must not be
+/// running on the same data directory: both lock it).
+async fn open_read_side(args: &Args) -> Result<(Arc<dyn EventStore>, Projections), BoxError> {
+    let dir = args.data();
+    let store_dir = dir.clone();
+    let store: Arc<dyn EventStore> =
+        Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_dir)).await??);
+    let projections = paystream_api::server::open_projections(&dir, Arc::clone(&store)).await?;
+    Ok((store, projections))
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PAYSTREAM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -83,6 +101,40 @@ async fn run(args: Args) -> Result<(), BoxError> {
             } else {
                 Err("the hash chain is broken".into())
             }
+        }
+        ["replay"] => {
+            args.check_known(&["data", "projection"])?;
+            let names = match args.option("projection") {
+                Some(name) => vec![name.parse::<ProjectionName>()?],
+                None => Vec::new(),
+            };
+            let (store, projections) = open_read_side(&args).await?;
+            let report = projections.replay(&names).await?;
+            projections.flush().await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            store.close().await?;
+            Ok(())
+        }
+        ["export"] => {
+            args.check_known(&["data", "projection", "format"])?;
+            let name: ProjectionName = args.option("projection").ok_or("--projection NAME is required")?.parse()?;
+            if args.option("format").unwrap_or("csv") != "csv" {
+                return Err("--format: only csv is supported".into());
+            }
+            let (store, projections) = open_read_side(&args).await?;
+            let head = store.head().await?;
+            // Export what the log holds now: catch the projection up first.
+            if projections.checkpoint(name) < head {
+                let running = projections.start();
+                projections.wait_for(name, head, std::time::Duration::from_secs(3_600)).await?;
+                running.stop().await;
+            }
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            projections.export_csv(name, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            drop(out);
+            store.close().await?;
+            Ok(())
         }
         ["bench", "store"] => {
             args.check_known(&["events", "dir"])?;

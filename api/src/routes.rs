@@ -6,6 +6,7 @@ use axum::routing::{delete, get, post, MethodRouter};
 use serde_json::{json, Map, Value};
 
 use crate::handlers as h;
+use crate::read as r;
 use crate::state::AppState;
 
 pub struct Route {
@@ -55,6 +56,14 @@ pub fn routes() -> Vec<Route> {
         route!(post "/v1/payments/{id}/review", "Approve or reject a payment held for review", roles: "admin, analyst", body: Some("Review"), ok: (200, "Payment"), h::review_payment),
         route!(post "/v1/payments/{id}/disputes", "Open a dispute (the acquirer's chargeback notice)", roles: "admin", body: Some("OpenDispute"), ok: (201, "Dispute"), h::open_dispute),
         route!(post "/v1/payments/{id}/disputes/{dispute_id}/resolve", "Record a dispute's outcome", roles: "admin", body: Some("ResolveDispute"), ok: (200, "Dispute"), h::resolve_dispute),
+        route!(get "/v1/payments", "Search payments, newest first (cursor pagination; CSV with Accept: text/csv)", roles: "admin, analyst, auditor, merchant (own only)", body: None, ok: (200, "PaymentList"), r::search_payments),
+        route!(get "/v1/merchants/{id}/dashboard", "A merchant's dashboard by UTC day and currency (from, to, currency)", roles: "admin, analyst, merchant (own)", body: None, ok: (200, "Dashboard"), r::merchant_dashboard),
+        route!(get "/v1/analytics/overview", "Platform totals grouped by day, merchant, tier, method and currency", roles: "admin, analyst", body: None, ok: (200, "Overview"), r::analytics_overview),
+        route!(get "/v1/ledger/accounts", "Ledger account balances per currency", roles: "admin, analyst", body: None, ok: (200, "LedgerAccounts"), r::ledger_accounts),
+        route!(get "/v1/ledger/trial_balance", "Trial balance: sums to zero in every currency", roles: "admin, analyst", body: None, ok: (200, "TrialBalance"), r::trial_balance),
+        route!(get "/v1/ledger/journal", "Journal entries in log order (after, limit)", roles: "admin, analyst, auditor", body: None, ok: (200, "Journal"), r::ledger_journal),
+        route!(get "/v1/projections", "Projections: checkpoint, head, lag, state", roles: "admin, analyst", body: None, ok: (200, "ProjectionList"), r::projections_status),
+        route!(post "/v1/projections/{name}/rebuild", "Rebuild a projection into a new version in the background; switch once caught up", roles: "admin", body: None, ok: (202, "ProjectionRebuild"), r::rebuild_projection),
         route!(get "/v1/openapi.json", "This document", roles: "none", body: None, ok: (200, "OpenApi"), openapi_handler),
     ]
 }
@@ -116,6 +125,14 @@ fn schemas() -> Value {
         "ResolveDispute": {"type": "object", "additionalProperties": false, "required": ["outcome"], "properties": {"outcome": {"type": "string", "enum": ["won", "lost"]}}},
         "Dispute": {"type": "object", "properties": {"id": {"type": "string", "example": "dp_0190..."}, "status": {"type": "string", "enum": ["open", "won", "lost"]}}},
         "EventList": {"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}}}},
+        "PaymentList": {"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}}, "has_more": {"type": "boolean"}, "next_cursor": {"type": ["string", "null"]}}},
+        "Dashboard": {"type": "object", "properties": {"days": {"type": "array", "items": {"type": "object"}}, "totals": {"type": "array", "items": {"type": "object"}}, "balances": {"type": "array", "items": {"type": "object"}}}},
+        "Overview": {"type": "object", "properties": {"rows": {"type": "array", "items": {"type": "object"}}}},
+        "LedgerAccounts": {"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object", "properties": {"account": {"type": "string"}, "currency": {"type": "string"}, "debit_minor": {"type": "integer"}, "credit_minor": {"type": "integer"}, "balance_minor": {"type": "integer"}}}}}},
+        "TrialBalance": {"type": "object", "properties": {"balanced": {"type": "boolean"}, "currencies": {"type": "array", "items": {"type": "object"}}}},
+        "Journal": {"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}}, "has_more": {"type": "boolean"}}},
+        "ProjectionList": {"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "checkpoint": {"type": "integer"}, "head": {"type": "integer"}, "lag": {"type": "integer"}, "state": {"type": "string"}}}}}},
+        "ProjectionRebuild": {"type": "object"},
     })
 }
 

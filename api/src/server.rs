@@ -12,6 +12,7 @@ use paystream_commands::services::{hash_key, Services};
 use paystream_commands::{RequestMeta, SandboxAcquirer};
 use paystream_domain::api_key::Role;
 use paystream_domain::Context;
+use paystream_projections::{Projections, ProjectorConfig};
 use paystream_store::{EmbeddedStore, EventStore, StoreError};
 use uuid::Uuid;
 
@@ -60,8 +61,28 @@ fn fingerprint_key(data: &Path) -> Result<Vec<u8>, BoxError> {
     }
 }
 
-/// Opens the log and builds the write side, with the facts caught up.
-pub async fn open(data: &Path) -> Result<(Arc<Services>, Arc<dyn EventStore>), BoxError> {
+/// The platform opened on a data directory: the log, the write side (facts
+/// caught up) and the read side (not yet started).
+pub struct Opened {
+    pub services: Arc<Services>,
+    pub store: Arc<dyn EventStore>,
+    pub projections: Projections,
+}
+
+/// Opens the read side's database (`<data>/projections`) over `store`.
+pub async fn open_projections(data: &Path, store: Arc<dyn EventStore>) -> Result<Projections, BoxError> {
+    let dir = data.join("projections");
+    let projections = tokio::task::spawn_blocking(move || {
+        let db = paystream_projections::open_db(&dir)?;
+        Projections::open(db, store, ProjectorConfig::default())
+    })
+    .await??;
+    Ok(projections)
+}
+
+/// Opens the log and builds the write side, with the facts caught up, and
+/// the read side.
+pub async fn open(data: &Path) -> Result<Opened, BoxError> {
     std::fs::create_dir_all(data)?;
     let store_dir = data.to_path_buf();
     let store: Arc<dyn EventStore> =
@@ -80,7 +101,8 @@ pub async fn open(data: &Path) -> Result<(Arc<Services>, Arc<dyn EventStore>), B
     facts.wait_for(head).await;
     let bus = Arc::new(CommandBus::new(Arc::clone(&store), context));
     let services = Arc::new(Services { bus, facts, acquirer: Arc::new(SandboxAcquirer) });
-    Ok((services, store))
+    let projections = open_projections(data, Arc::clone(&store)).await?;
+    Ok(Opened { services, store, projections })
 }
 
 /// Makes sure an admin key exists: PAYSTREAM_ADMIN_KEY if set, else a new
@@ -126,8 +148,9 @@ async fn shutdown_signal() {
 }
 
 pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
-    let (services, store) = open(&options.data).await?;
+    let Opened { services, store, projections } = open(&options.data).await?;
     bootstrap_admin(&services).await?;
+    let read_side = projections.start();
     let sweeper = tokio::spawn({
         let services = Arc::clone(&services);
         async move {
@@ -148,9 +171,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
     tracing::info!(address = %local, data = %options.data.display(), "paystream listening");
     // A line tests and scripts can wait for.
     println!("listening on http://{local}");
-    let router = app(AppState { services: Arc::clone(&services) });
+    let router = app(AppState { services: Arc::clone(&services), projections: projections.clone() });
     axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
     sweeper.abort();
+    read_side.stop().await;
+    projections.flush().await?;
     match store.close().await {
         Ok(()) | Err(StoreError::Closed) => {}
         Err(error) => return Err(error.into()),

@@ -316,7 +316,7 @@ pub(crate) fn ref_bucket_key(payment: &Uuid) -> Vec<u8> {
     keys::key(&[b"p", &bucket.to_be_bytes()])
 }
 
-/// The payment refs of one batch, read through from and written back to the tree.
+/// Payment refs, read through from and written back to the tree (a [`crate::model::Stage`]).
 pub(crate) struct Refs {
     buckets: crate::model::Stage<RefBucket>,
 }
@@ -349,8 +349,20 @@ impl Refs {
         Ok(())
     }
 
-    pub(crate) fn write_to(self, batch: &mut sled::Batch) {
-        self.buckets.write_to(batch);
+    pub(crate) fn flush(&mut self, batch: &mut sled::Batch) {
+        self.buckets.flush(batch);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub(crate) fn evict(&mut self) {
+        self.buckets.evict();
+    }
+
+    pub(crate) fn assume_empty_tree(&mut self) {
+        self.buckets.assume_empty_tree();
     }
 }
 

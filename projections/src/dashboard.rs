@@ -36,7 +36,7 @@ use crate::csv::CsvWriter;
 use crate::decode::{Decoded, DomainRecord};
 use crate::error::ProjectionError;
 use crate::keys;
-use crate::model::{ProjectionName, ReadModel, Record, Stage};
+use crate::model::{ProjectionName, ReadModel, Record, Stage, WorkingSet};
 
 /// Most days one dashboard query may span.
 pub const MAX_DASHBOARD_DAYS: i64 = 366;
@@ -86,9 +86,38 @@ impl ReadModel for MerchantDashboard {
         1
     }
 
-    fn apply(&self, tree: &sled::Tree, events: &[Decoded], batch: &mut sled::Batch) -> Result<(), ProjectionError> {
-        let mut refs = Refs::new(NAME);
-        let mut rows: Stage<DayRow> = Stage::new(NAME);
+    fn working_set(&self) -> Box<dyn WorkingSet> {
+        Box::new(DashboardSet { refs: Refs::new(NAME), rows: Stage::new(NAME) })
+    }
+
+    fn export_csv(&self, tree: &sled::Tree, out: &mut dyn Write) -> Result<(), ProjectionError> {
+        let mut csv = CsvWriter::new(out);
+        let mut header = vec!["merchant_id", "date", "currency"];
+        header.extend(FIGURE_COLUMNS);
+        header.extend(METHOD_TYPES.iter().map(|m| method_column(m)));
+        csv.row(header)?;
+        for item in tree.scan_prefix(b"d") {
+            let (key, value) = item?;
+            let (merchant, date, currency, row) = parse_day(&key, &value)?;
+            let figures = DayFigures::new(date, currency, row);
+            let mut cells = vec![merchant.to_string(), figures.date.clone(), currency.to_string()];
+            cells.extend(figure_cells(&figures.counters, &figures.derived));
+            cells.extend(row.method_mix.iter().map(i64::to_string));
+            csv.row(cells)?;
+        }
+        Ok(())
+    }
+}
+
+/// The dashboard's records in memory (see [`WorkingSet`]).
+struct DashboardSet {
+    refs: Refs,
+    rows: Stage<DayRow>,
+}
+
+impl WorkingSet for DashboardSet {
+    fn apply(&mut self, tree: &sled::Tree, events: &[Decoded]) -> Result<(), ProjectionError> {
+        let DashboardSet { refs, rows } = self;
         for decoded in events {
             let DomainRecord::Payment { payment_id, event } = &decoded.record else { continue };
             let (payment, method) = match event {
@@ -116,27 +145,26 @@ impl ReadModel for MerchantDashboard {
                 *slot = slot.checked_add(1).ok_or_else(|| overflow(decoded.position))?;
             }
         }
-        refs.write_to(batch);
-        rows.write_to(batch);
         Ok(())
     }
 
-    fn export_csv(&self, tree: &sled::Tree, out: &mut dyn Write) -> Result<(), ProjectionError> {
-        let mut csv = CsvWriter::new(out);
-        let mut header = vec!["merchant_id", "date", "currency"];
-        header.extend(FIGURE_COLUMNS);
-        header.extend(METHOD_TYPES.iter().map(|m| method_column(m)));
-        csv.row(header)?;
-        for item in tree.scan_prefix(b"d") {
-            let (key, value) = item?;
-            let (merchant, date, currency, row) = parse_day(&key, &value)?;
-            let figures = DayFigures::new(date, currency, row);
-            let mut cells = vec![merchant.to_string(), figures.date.clone(), currency.to_string()];
-            cells.extend(figure_cells(&figures.counters, &figures.derived));
-            cells.extend(row.method_mix.iter().map(i64::to_string));
-            csv.row(cells)?;
-        }
-        Ok(())
+    fn flush(&mut self, batch: &mut sled::Batch) {
+        self.refs.flush(batch);
+        self.rows.flush(batch);
+    }
+
+    fn len(&self) -> usize {
+        self.refs.len() + self.rows.len()
+    }
+
+    fn evict(&mut self) {
+        self.refs.evict();
+        self.rows.evict();
+    }
+
+    fn assume_empty_tree(&mut self) {
+        self.refs.assume_empty_tree();
+        self.rows.assume_empty_tree();
     }
 }
 

@@ -39,7 +39,7 @@
 //! Tree layout (`projection/ledger/v<N>`):
 //!
 //! ```text
-//! j<position / 64, u64 BE>     the journal entries of those 64 positions (JSON array)
+//! j<position / 64, u64 BE>     the journal entries of those 64 positions (binary, `crate::codec`)
 //! b<currency><account name>     balance: debit, credit (i64 BE each)
 //! ```
 
@@ -52,11 +52,12 @@ use paystream_domain::time::Timestamp;
 use paystream_domain::{Currency, DomainEvent};
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{Reader, Writer};
 use crate::csv::CsvWriter;
 use crate::decode::{Decoded, DomainRecord};
 use crate::error::ProjectionError;
 use crate::keys;
-use crate::model::{json_record, ProjectionName, ReadModel, Record, Stage};
+use crate::model::{ProjectionName, ReadModel, Record, Stage, WorkingSet};
 
 const NAME: ProjectionName = ProjectionName::Ledger;
 
@@ -116,6 +117,19 @@ impl Account {
         }
     }
 
+    /// Position in [`Account::ALL`] (the stored form in journal chunks).
+    const fn index(self) -> u8 {
+        match self {
+            Account::AcquirerReceivable => 0,
+            Account::SettlementCash => 1,
+            Account::MerchantPayable => 2,
+            Account::DisputeReserve => 3,
+            Account::Refunds => 4,
+            Account::Chargebacks => 5,
+            Account::PlatformFeeRevenue => 6,
+        }
+    }
+
     fn from_name(name: &[u8]) -> Option<Account> {
         Account::ALL.into_iter().find(|a| a.as_str().as_bytes() == name)
     }
@@ -141,15 +155,63 @@ pub struct JournalEntry {
     pub lines: Vec<JournalLine>,
 }
 
-json_record!(JournalEntry);
-
 /// Journal entries of [`CHUNK_POSITIONS`] consecutive positions, stored as one value:
 /// one sled key per chunk instead of one per entry. Chunks depend on positions only, so
 /// a rebuild produces the same chunks whatever the batch sizes were.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct JournalChunk(Vec<JournalEntry>);
 
-json_record!(JournalChunk);
+/// Format byte of a stored chunk (the first byte of its value).
+const CHUNK_FORMAT: u8 = 1;
+
+/// Stored in the compact binary form of [`crate::codec`]: per entry its position,
+/// payment, event type, instant, currency and lines (account index, debit, credit).
+impl Record for JournalChunk {
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(bytes);
+        if r.u8()? != CHUNK_FORMAT {
+            return None;
+        }
+        let count = usize::try_from(r.u64()?).ok()?;
+        let mut entries = Vec::with_capacity(count.min(CHUNK_POSITIONS as usize));
+        for _ in 0..count {
+            let position = r.u64()?;
+            let payment_id = PaymentId::from_uuid(r.uuid()?);
+            let event_type = r.string()?;
+            let at = r.timestamp()?;
+            let currency = r.currency()?;
+            let n = r.u8()?;
+            let mut lines = Vec::with_capacity(usize::from(n));
+            for _ in 0..n {
+                let account = *Account::ALL.get(usize::from(r.u8()?))?;
+                lines.push(JournalLine { account, debit_minor: r.i64()?, credit_minor: r.i64()? });
+            }
+            entries.push(JournalEntry { position, payment_id, event_type, at, currency, lines });
+        }
+        r.is_empty().then_some(JournalChunk(entries))
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(64 * self.0.len() + 8);
+        w.u8(CHUNK_FORMAT);
+        w.u64(self.0.len() as u64);
+        for e in &self.0 {
+            w.u64(e.position);
+            w.uuid(e.payment_id.as_uuid());
+            w.str(&e.event_type);
+            w.timestamp(e.at);
+            w.currency(e.currency);
+            // An entry has at most three lines (the posting rules).
+            w.u8(u8::try_from(e.lines.len()).unwrap_or(u8::MAX));
+            for line in e.lines.iter().take(usize::from(u8::MAX)) {
+                w.u8(line.account.index());
+                w.i64(line.debit_minor);
+                w.i64(line.credit_minor);
+            }
+        }
+        w.out
+    }
+}
 
 const CHUNK_POSITIONS: u64 = 64;
 
@@ -268,12 +330,36 @@ impl ReadModel for Ledger {
     }
 
     fn schema(&self) -> u32 {
-        1
+        // 2: journal chunks in the binary form of `crate::codec` instead of JSON.
+        2
     }
 
-    fn apply(&self, tree: &sled::Tree, events: &[Decoded], batch: &mut sled::Batch) -> Result<(), ProjectionError> {
-        let mut balances: Stage<Totals> = Stage::new(NAME);
-        let mut chunks: Stage<JournalChunk> = Stage::new(NAME);
+    fn working_set(&self) -> Box<dyn WorkingSet> {
+        Box::new(LedgerSet { balances: Stage::new(NAME), chunks: Stage::new(NAME) })
+    }
+
+    fn export_csv(&self, tree: &sled::Tree, out: &mut dyn Write) -> Result<(), ProjectionError> {
+        let mut csv = CsvWriter::new(out);
+        csv.row(JOURNAL_CSV_HEADER)?;
+        for item in tree.scan_prefix(b"j") {
+            let (key, value) = item?;
+            for entry in &decode_chunk(&key, &value)?.0 {
+                write_entry_lines(&mut csv, entry)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The model's records in memory (see [`WorkingSet`]).
+struct LedgerSet {
+    balances: Stage<Totals>,
+    chunks: Stage<JournalChunk>,
+}
+
+impl WorkingSet for LedgerSet {
+    fn apply(&mut self, tree: &sled::Tree, events: &[Decoded]) -> Result<(), ProjectionError> {
+        let LedgerSet { balances, chunks } = self;
         for decoded in events {
             let DomainRecord::Payment { payment_id, event } = &decoded.record else { continue };
             let Some(entry) = postings(decoded.position, *payment_id, event) else { continue };
@@ -295,21 +381,26 @@ impl ReadModel for Ledger {
             }
             chunks.get_mut(tree, &chunk_key(decoded.position))?.get_or_insert_with(JournalChunk::default).0.push(entry);
         }
-        balances.write_to(batch);
-        chunks.write_to(batch);
         Ok(())
     }
 
-    fn export_csv(&self, tree: &sled::Tree, out: &mut dyn Write) -> Result<(), ProjectionError> {
-        let mut csv = CsvWriter::new(out);
-        csv.row(JOURNAL_CSV_HEADER)?;
-        for item in tree.scan_prefix(b"j") {
-            let (key, value) = item?;
-            for entry in &decode_chunk(&key, &value)?.0 {
-                write_entry_lines(&mut csv, entry)?;
-            }
-        }
-        Ok(())
+    fn flush(&mut self, batch: &mut sled::Batch) {
+        self.balances.flush(batch);
+        self.chunks.flush(batch);
+    }
+
+    fn len(&self) -> usize {
+        self.balances.len() + self.chunks.len()
+    }
+
+    fn evict(&mut self) {
+        self.balances.evict();
+        self.chunks.evict();
+    }
+
+    fn assume_empty_tree(&mut self) {
+        self.balances.assume_empty_tree();
+        self.chunks.assume_empty_tree();
     }
 }
 

@@ -23,6 +23,7 @@
 //! `store`, never on `commands` or `api`.
 
 pub mod bench;
+mod codec;
 mod counters;
 mod csv;
 pub mod dashboard;
@@ -39,7 +40,7 @@ pub mod sim;
 pub use counters::{rate_bps, Counters, Derived, METHOD_TYPES};
 pub use decode::{decode, Decoded, DomainRecord};
 pub use error::{Lagging, ProjectionError};
-pub use model::{ProjectionName, ReadModel, UnknownProjection};
+pub use model::{ProjectionName, ReadModel, UnknownProjection, WorkingSet};
 pub use runtime::{
     all_models, open_db, ProjectionState, ProjectionStatus, Projections, ProjectorConfig, RebuildProgress,
     RebuildReport, Running, DEFAULT_BATCH_EVENTS, DEFAULT_WAIT_TIMEOUT,

@@ -78,15 +78,57 @@ pub trait ReadModel: Send + Sync + 'static {
     /// the model from position 0 on the next start.
     fn schema(&self) -> u32;
 
+    /// An empty [`WorkingSet`] of this model.
+    fn working_set(&self) -> Box<dyn WorkingSet>;
+
     /// Adds to `batch` every change `events` make to the model stored in `tree`.
     /// `events` are in log order and all after the tree's checkpoint; `tree` still
     /// holds the state before them (the runtime applies the batch, with the new
     /// checkpoint, in one atomic write). Deterministic: the same tree and events give
     /// the same batch, so a rebuild gives byte-identical trees.
-    fn apply(&self, tree: &sled::Tree, events: &[Decoded], batch: &mut sled::Batch) -> Result<(), ProjectionError>;
+    fn apply(&self, tree: &sled::Tree, events: &[Decoded], batch: &mut sled::Batch) -> Result<(), ProjectionError> {
+        let mut set = self.working_set();
+        set.apply(tree, events)?;
+        set.flush(batch);
+        Ok(())
+    }
 
     /// Writes the whole model as CSV (header line first).
     fn export_csv(&self, tree: &sled::Tree, out: &mut dyn Write) -> Result<(), ProjectionError>;
+}
+
+/// The records of a model that `apply` has read or changed, held in memory: a
+/// write-back cache in front of the model's tree. Records it does not hold are read
+/// from the tree; changed records reach the tree only through [`WorkingSet::flush`],
+/// which the runtime applies in one atomic write with the checkpoint of the last event
+/// applied. So a set may live across several batches of events (a rebuild keeps one
+/// for its whole run and flushes every `rebuild_batch_events`): the tree then lags the
+/// set, never the other way round, and a crash loses only unflushed work, which the
+/// projection re-derives from its checkpoint. Nobody else may write the tree while a
+/// set is alive.
+pub trait WorkingSet: Send {
+    /// Applies `events` (in log order, each after every event applied before).
+    fn apply(&mut self, tree: &sled::Tree, events: &[Decoded]) -> Result<(), ProjectionError>;
+
+    /// Adds every record changed since the last flush to `batch`; they count as
+    /// unchanged afterwards.
+    fn flush(&mut self, batch: &mut sled::Batch);
+
+    /// Records held in memory.
+    fn len(&self) -> usize;
+
+    /// Whether no record is held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets the records not changed since the last flush (they are in the tree).
+    fn evict(&mut self);
+
+    /// Declares that the tree holds nothing yet (a rebuild's new tree): until the next
+    /// [`evict`](WorkingSet::evict), a record the set does not hold is absent, and is
+    /// not looked up in the tree.
+    fn assume_empty_tree(&mut self);
 }
 
 /// A value stored in a projection tree.
@@ -95,22 +137,33 @@ pub(crate) trait Record: Sized {
     fn encode(&self) -> Vec<u8>;
 }
 
-/// Records of one key space, read through from the tree once per batch and written
-/// back once at its end (so a record touched by 50 events of a batch is parsed and
-/// encoded once).
+struct Entry<V> {
+    value: Option<V>,
+    dirty: bool,
+}
+
+/// Records of one key space, read through from the tree once and written back on
+/// [`Stage::flush`] (so a record touched by 50 events is parsed and encoded once per
+/// flush, and not read again while it is held).
 pub(crate) struct Stage<V: Record> {
     projection: ProjectionName,
-    entries: HashMap<Vec<u8>, (Option<V>, bool)>,
+    entries: HashMap<Vec<u8>, Entry<V>>,
+    /// Keys changed since the last flush.
+    dirty: Vec<Vec<u8>>,
+    /// Every record of the tree is held (see [`WorkingSet::assume_empty_tree`]).
+    complete: bool,
 }
 
 impl<V: Record> Stage<V> {
     pub(crate) fn new(projection: ProjectionName) -> Self {
-        Stage { projection, entries: HashMap::new() }
+        Stage { projection, entries: HashMap::new(), dirty: Vec::new(), complete: false }
     }
 
-    fn load(&mut self, tree: &sled::Tree, key: &[u8]) -> Result<&mut (Option<V>, bool), ProjectionError> {
+    /// Reads the record of `key` from the tree unless it is held.
+    fn load(&mut self, tree: &sled::Tree, key: &[u8]) -> Result<(), ProjectionError> {
         if !self.entries.contains_key(key) {
-            let value = match tree.get(key)? {
+            let stored = if self.complete { None } else { tree.get(key)? };
+            let value = match stored {
                 None => None,
                 Some(bytes) => Some(V::decode(&bytes).ok_or_else(|| ProjectionError::Corrupt {
                     projection: self.projection.as_str(),
@@ -118,41 +171,73 @@ impl<V: Record> Stage<V> {
                     detail: "value does not parse".into(),
                 })?),
             };
-            self.entries.insert(key.to_vec(), (value, false));
+            self.entries.insert(key.to_vec(), Entry { value, dirty: false });
         }
-        match self.entries.get_mut(key) {
-            Some(entry) => Ok(entry),
-            None => Err(ProjectionError::Invariant {
-                projection: self.projection.as_str(),
-                position: 0,
-                detail: "staged entry vanished".into(),
-            }),
+        Ok(())
+    }
+
+    fn vanished(projection: ProjectionName) -> ProjectionError {
+        ProjectionError::Invariant {
+            projection: projection.as_str(),
+            position: 0,
+            detail: "staged entry vanished".into(),
         }
     }
 
     pub(crate) fn get(&mut self, tree: &sled::Tree, key: &[u8]) -> Result<Option<&V>, ProjectionError> {
-        Ok(self.load(tree, key)?.0.as_ref())
+        self.load(tree, key)?;
+        let projection = self.projection;
+        Ok(self.entries.get(key).ok_or_else(|| Self::vanished(projection))?.value.as_ref())
     }
 
-    /// The record for writing (marked dirty); `None` inside if absent.
+    /// The record for writing (marked changed); `None` inside if absent.
     pub(crate) fn get_mut(&mut self, tree: &sled::Tree, key: &[u8]) -> Result<&mut Option<V>, ProjectionError> {
-        let entry = self.load(tree, key)?;
-        entry.1 = true;
-        Ok(&mut entry.0)
+        self.load(tree, key)?;
+        let projection = self.projection;
+        let entry = self.entries.get_mut(key).ok_or_else(|| Self::vanished(projection))?;
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(key.to_vec());
+        }
+        Ok(&mut entry.value)
     }
 
     /// Replaces the record without reading the tree.
     pub(crate) fn put(&mut self, key: Vec<u8>, value: V) {
-        self.entries.insert(key, (Some(value), true));
+        let previous = self.entries.insert(key.clone(), Entry { value: Some(value), dirty: true });
+        if !previous.is_some_and(|e| e.dirty) {
+            self.dirty.push(key);
+        }
     }
 
-    pub(crate) fn write_to(self, batch: &mut sled::Batch) {
-        for (key, (value, dirty)) in self.entries {
-            match (value, dirty) {
-                (Some(value), true) => batch.insert(key, value.encode()),
-                (None, true) => batch.remove(key),
-                (_, false) => {}
+    /// Adds the records changed since the last flush to `batch`.
+    pub(crate) fn flush(&mut self, batch: &mut sled::Batch) {
+        for key in self.dirty.drain(..) {
+            let Some(entry) = self.entries.get_mut(&key) else { continue };
+            entry.dirty = false;
+            match &entry.value {
+                Some(value) => batch.insert(key, value.encode()),
+                None => batch.remove(key),
             }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// See [`WorkingSet::assume_empty_tree`].
+    pub(crate) fn assume_empty_tree(&mut self) {
+        self.complete = true;
+    }
+
+    /// Forgets the records not changed since the last flush.
+    pub(crate) fn evict(&mut self) {
+        self.complete = false;
+        if self.dirty.is_empty() {
+            self.entries.clear();
+        } else {
+            self.entries.retain(|_, e| e.dirty);
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::dashboard::{figure_cells, orphan, overflow, FIGURE_COLUMNS, MAX_DASHB
 use crate::decode::{Decoded, DomainRecord};
 use crate::error::ProjectionError;
 use crate::keys;
-use crate::model::{json_record, ProjectionName, ReadModel, Record, Stage};
+use crate::model::{json_record, ProjectionName, ReadModel, Record, Stage, WorkingSet};
 
 const NAME: ProjectionName = ProjectionName::PlatformOverview;
 
@@ -99,10 +99,43 @@ impl ReadModel for PlatformOverview {
         1
     }
 
-    fn apply(&self, tree: &sled::Tree, events: &[Decoded], batch: &mut sled::Batch) -> Result<(), ProjectionError> {
-        let mut merchants: Stage<MerchantInfo> = Stage::new(NAME);
-        let mut refs = Refs::new(NAME);
-        let mut rows: Stage<Counters> = Stage::new(NAME);
+    fn working_set(&self) -> Box<dyn WorkingSet> {
+        Box::new(OverviewSet { merchants: Stage::new(NAME), refs: Refs::new(NAME), rows: Stage::new(NAME) })
+    }
+
+    fn export_csv(&self, tree: &sled::Tree, out: &mut dyn Write) -> Result<(), ProjectionError> {
+        let mut csv = CsvWriter::new(out);
+        let mut header = vec!["date", "currency", "merchant_id", "tier", "method_type"];
+        header.extend(FIGURE_COLUMNS);
+        csv.row(header)?;
+        for item in tree.scan_prefix(b"o") {
+            let (key, value) = item?;
+            let k = parse_row_key(&key).ok_or_else(|| corrupt(&key))?;
+            let c = Counters::decode(&value).ok_or_else(|| corrupt(&key))?;
+            let mut cells = vec![
+                String::from_utf8_lossy(&keys::date_key(k.date)).into_owned(),
+                k.currency.to_string(),
+                k.merchant.to_string(),
+                k.tier.map(|t| format!("{t:?}")).unwrap_or_default(),
+                method_name(k.method).to_string(),
+            ];
+            cells.extend(figure_cells(&c, &c.derived()));
+            csv.row(cells)?;
+        }
+        Ok(())
+    }
+}
+
+/// The model's records in memory (see [`WorkingSet`]).
+struct OverviewSet {
+    merchants: Stage<MerchantInfo>,
+    refs: Refs,
+    rows: Stage<Counters>,
+}
+
+impl WorkingSet for OverviewSet {
+    fn apply(&mut self, tree: &sled::Tree, events: &[Decoded]) -> Result<(), ProjectionError> {
+        let OverviewSet { merchants, refs, rows } = self;
         for decoded in events {
             match &decoded.record {
                 DomainRecord::Merchant { merchant_id, event } => {
@@ -145,32 +178,29 @@ impl ReadModel for PlatformOverview {
                 DomainRecord::ApiKey { .. } | DomainRecord::Other => {}
             }
         }
-        merchants.write_to(batch);
-        refs.write_to(batch);
-        rows.write_to(batch);
         Ok(())
     }
 
-    fn export_csv(&self, tree: &sled::Tree, out: &mut dyn Write) -> Result<(), ProjectionError> {
-        let mut csv = CsvWriter::new(out);
-        let mut header = vec!["date", "currency", "merchant_id", "tier", "method_type"];
-        header.extend(FIGURE_COLUMNS);
-        csv.row(header)?;
-        for item in tree.scan_prefix(b"o") {
-            let (key, value) = item?;
-            let k = parse_row_key(&key).ok_or_else(|| corrupt(&key))?;
-            let c = Counters::decode(&value).ok_or_else(|| corrupt(&key))?;
-            let mut cells = vec![
-                String::from_utf8_lossy(&keys::date_key(k.date)).into_owned(),
-                k.currency.to_string(),
-                k.merchant.to_string(),
-                k.tier.map(|t| format!("{t:?}")).unwrap_or_default(),
-                method_name(k.method).to_string(),
-            ];
-            cells.extend(figure_cells(&c, &c.derived()));
-            csv.row(cells)?;
-        }
-        Ok(())
+    fn flush(&mut self, batch: &mut sled::Batch) {
+        self.merchants.flush(batch);
+        self.refs.flush(batch);
+        self.rows.flush(batch);
+    }
+
+    fn len(&self) -> usize {
+        self.merchants.len() + self.refs.len() + self.rows.len()
+    }
+
+    fn evict(&mut self) {
+        self.merchants.evict();
+        self.refs.evict();
+        self.rows.evict();
+    }
+
+    fn assume_empty_tree(&mut self) {
+        self.merchants.assume_empty_tree();
+        self.refs.assume_empty_tree();
+        self.rows.assume_empty_tree();
     }
 }
 

@@ -27,7 +27,9 @@
 //!
 //! [`Projections::rebuild`] builds version N+1 of the named projections from position 1
 //! into new trees while queries keep answering from version N (which the follower
-//! keeps current). Once the new version reaches the head it takes the projection's
+//! keeps current). Each projection keeps its [`WorkingSet`] in memory for the whole
+//! rebuild and flushes it, with the checkpoint, in one atomic write every
+//! `rebuild_batch_events` events (and before the switch). Once the new version reaches the head it takes the projection's
 //! write lock, applies what arrived meanwhile, records N+1 as active in
 //! `projection/_meta`, swaps the tree queries read, and drops version N. Run without a
 //! follower, the same function is the offline replay (`paystream replay`).
@@ -52,20 +54,31 @@ use crate::decode::{decode_batch, Decoded};
 use crate::error::{Lagging, ProjectionError};
 use crate::keys::{self, CHECKPOINT_KEY};
 use crate::ledger::{self, AccountBalance, JournalPage, Ledger, TrialBalance};
-use crate::model::{ProjectionName, ReadModel};
+use crate::model::{ProjectionName, ReadModel, WorkingSet};
 use crate::overview::{self, OverviewQuery, OverviewReport, PlatformOverview};
 use crate::search::{self, PaymentSearch, PaymentSummary, SearchPage, SearchQuery};
 
 /// Most events applied in one atomic write (per projection).
 pub const DEFAULT_BATCH_EVENTS: usize = 1_000;
-/// Most events applied in one atomic write during a rebuild.
-pub const DEFAULT_REBUILD_BATCH_EVENTS: usize = 5_000;
+/// Most events applied in one atomic write during a rebuild (the working set of each
+/// projection stays in memory across them, see [`crate::model::WorkingSet`]).
+pub const DEFAULT_REBUILD_BATCH_EVENTS: usize = 50_000;
+/// Largest `rebuild_batch_events`.
+pub const MAX_REBUILD_BATCH_EVENTS: usize = 1_000_000;
+/// Most events a rebuild reads from the log (and decodes) at a time.
+pub const REBUILD_READ_EVENTS: usize = 10_000;
+/// Records a projection's working set keeps in memory after a flush during a rebuild;
+/// beyond, it forgets them (they are in the tree) and reads them again when needed.
+pub const MAX_WORKING_SET_RECORDS: usize = 200_000;
 /// How long `wait_for_default` waits before answering `Lagging`.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the lag of every projection is logged.
 pub const DEFAULT_LAG_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Decoded batches in flight between the reader and the appliers.
 pub const PIPELINE_DEPTH: usize = 4;
+/// The same during a rebuild: enough for the reader to read and decode the next
+/// `rebuild_batch_events` (at the default) while the projections flush the last ones.
+pub const REBUILD_PIPELINE_DEPTH: usize = 12;
 /// Pause before the follower retries after a store error.
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -82,8 +95,10 @@ type Reader = (mpsc::Receiver<Arc<Vec<Decoded>>>, JoinHandle<Result<(), Projecti
 pub struct ProjectorConfig {
     /// Most events per atomic write while following the log, 1..=10,000.
     pub batch_events: usize,
-    /// Most events per atomic write during a rebuild or replay, 1..=10,000. Larger
-    /// batches rewrite shared records (daily counters, balances) less often.
+    /// Most events per atomic write during a rebuild or replay, 1..=1,000,000 (each
+    /// projection keeps its working set in memory between them). Larger batches rewrite
+    /// shared records (daily counters, balances, payments still moving) less often; a
+    /// rebuild interrupted by a crash restarts from position 1 anyway.
     pub rebuild_batch_events: usize,
     pub wait_timeout: Duration,
     pub lag_log_interval: Duration,
@@ -222,32 +237,66 @@ impl Slot {
     }
 }
 
-/// A model, the tree it writes and the last position in that tree.
+/// A model, the tree it writes, the last position stored in that tree, and the model's
+/// [`WorkingSet`]: events are applied to the set, and every `flush_every` events (and
+/// on [`Target::flush`]) its changes go to the tree in one atomic write together with
+/// the checkpoint of the last event applied. After an error the target is discarded
+/// (its set may hold part of a batch); the tree still holds the last flush.
 struct Target {
     model: Arc<dyn ReadModel>,
     tree: sled::Tree,
+    /// Last position stored in the tree.
     checkpoint: Position,
+    set: Box<dyn WorkingSet>,
+    /// Last position applied to `set` (beyond `checkpoint` while changes are unflushed).
+    applied: Position,
+    flush_every: usize,
+    unflushed: usize,
 }
 
 impl Target {
-    /// Applies the events after the checkpoint in one atomic write. Returns whether
-    /// anything was applied.
+    fn new(model: Arc<dyn ReadModel>, tree: sled::Tree, checkpoint: Position, flush_every: usize) -> Target {
+        let set = model.working_set();
+        Target { model, tree, checkpoint, set, applied: checkpoint, flush_every, unflushed: 0 }
+    }
+
+    /// Applies the events after the last one applied, and flushes once `flush_every`
+    /// events are unflushed. Returns whether the stored checkpoint moved.
     fn apply(&mut self, events: &[Decoded]) -> Result<bool, ProjectionError> {
-        let start = events.partition_point(|e| e.position <= self.checkpoint);
+        let start = events.partition_point(|e| e.position <= self.applied);
         let fresh = &events[start..];
         let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else { return Ok(false) };
-        if first.position != self.checkpoint + 1 {
+        if first.position != self.applied + 1 {
             return Err(ProjectionError::Invariant {
                 projection: self.model.name().as_str(),
                 position: first.position,
-                detail: format!("gap: checkpoint is {}", self.checkpoint),
+                detail: format!("gap: checkpoint is {}", self.applied),
             });
         }
+        self.set.apply(&self.tree, fresh)?;
+        self.applied = last.position;
+        self.unflushed += fresh.len();
+        if self.unflushed >= self.flush_every {
+            return self.flush();
+        }
+        Ok(false)
+    }
+
+    /// Stores every change applied so far with its checkpoint, in one atomic write.
+    /// Returns whether the stored checkpoint moved.
+    fn flush(&mut self) -> Result<bool, ProjectionError> {
+        if self.applied == self.checkpoint {
+            return Ok(false);
+        }
         let mut batch = sled::Batch::default();
-        self.model.apply(&self.tree, fresh, &mut batch)?;
-        batch.insert(CHECKPOINT_KEY, &keys::checkpoint_value(last.position));
+        self.set.flush(&mut batch);
+        batch.insert(CHECKPOINT_KEY, &keys::checkpoint_value(self.applied));
         self.tree.apply_batch(batch)?;
-        self.checkpoint = last.position;
+        self.checkpoint = self.applied;
+        self.unflushed = 0;
+        if self.set.len() > MAX_WORKING_SET_RECORDS {
+            self.set.evict();
+        }
         Ok(true)
     }
 }
@@ -299,8 +348,11 @@ impl Projections {
     /// A projection whose stored layout is older than its code starts over at a new
     /// version from position 0.
     pub fn open(db: sled::Db, store: Arc<dyn EventStore>, config: ProjectorConfig) -> Result<Self, ProjectionError> {
-        if !(1..=10_000).contains(&config.batch_events) || !(1..=10_000).contains(&config.rebuild_batch_events) {
+        if !(1..=10_000).contains(&config.batch_events) {
             return Err(ProjectionError::invalid("batch_events", "must be 1 to 10000"));
+        }
+        if !(1..=MAX_REBUILD_BATCH_EVENTS).contains(&config.rebuild_batch_events) {
+            return Err(ProjectionError::invalid("rebuild_batch_events", "must be 1 to 1000000"));
         }
         let meta = db.open_tree(META_TREE)?;
         let mut slots = Vec::new();
@@ -495,15 +547,19 @@ impl Projections {
         claimed: &[(ProjectionName, u64, String)],
     ) -> Result<(u64, Position), ProjectionError> {
         let inner = &self.inner;
-        let mut targets = Vec::with_capacity(claimed.len());
+        let mut targets: Vec<Target> = Vec::with_capacity(claimed.len());
         for (name, _, tree) in claimed {
             inner.db.drop_tree(tree.as_bytes())?;
             let tree = inner.db.open_tree(tree.as_bytes())?;
-            targets.push(Target { model: Arc::clone(&self.slot(*name).model), tree, checkpoint: 0 });
+            let model = Arc::clone(&self.slot(*name).model);
+            let mut target = Target::new(model, tree, 0, inner.config.rebuild_batch_events);
+            target.set.assume_empty_tree();
+            targets.push(target);
         }
         // Phase 1: from position 1 to the head, while the follower keeps the current versions.
         let mut events = 0u64;
-        let (mut batches, reader) = spawn_reader(inner, 1, false, inner.config.rebuild_batch_events);
+        let (mut batches, reader) =
+            spawn_reader(inner, 1, false, inner.config.rebuild_batch_events.min(REBUILD_READ_EVENTS));
         while let Some(batch) = batches.recv().await {
             events += batch.len() as u64;
             targets = apply_parallel(targets, batch).await?;
@@ -512,13 +568,14 @@ impl Projections {
             }
         }
         join_reader(reader).await?;
+        targets = each_parallel(targets, Target::flush).await?;
         // Phase 2: per projection, under its write lock, apply what arrived meanwhile and switch.
         let mut last = 0;
         for ((name, version, tree_name_new), mut target) in claimed.iter().zip(targets) {
             let slot = self.slot(*name);
             let _write = slot.write.lock().await;
             loop {
-                let from = target.checkpoint + 1;
+                let from = target.applied + 1;
                 let read = inner.store.read_all(from, inner.config.batch_events).await?;
                 if read.is_empty() {
                     break;
@@ -528,6 +585,8 @@ impl Projections {
                 let mut applied = apply_parallel(vec![target], decoded).await?;
                 target = applied.pop().ok_or(ProjectionError::Stopped)?;
             }
+            let mut flushed = each_parallel(vec![target], Target::flush).await?;
+            let target = flushed.pop().ok_or(ProjectionError::Stopped)?;
             let old = slot.active();
             let live_checkpoint = *slot.checkpoint.borrow();
             if target.checkpoint < live_checkpoint {
@@ -636,7 +695,7 @@ async fn decode_blocking(
 /// Reads the log from `from` and sends decoded batches. With `follow` it waits at the
 /// head for new events; without, it ends there.
 fn spawn_reader(inner: &Arc<Inner>, from: Position, follow: bool, batch_events: usize) -> Reader {
-    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let (tx, rx) = mpsc::channel(if follow { PIPELINE_DEPTH } else { REBUILD_PIPELINE_DEPTH });
     let store = Arc::clone(&inner.store);
     let mut shutdown = inner.shutdown.subscribe();
     let handle = tokio::spawn(async move {
@@ -677,11 +736,19 @@ async fn join_reader(reader: JoinHandle<Result<(), ProjectionError>>) -> Result<
 
 /// Applies one batch to each target, in parallel, and gives the targets back.
 async fn apply_parallel(targets: Vec<Target>, batch: Arc<Vec<Decoded>>) -> Result<Vec<Target>, ProjectionError> {
+    each_parallel(targets, move |target| target.apply(&batch)).await
+}
+
+/// Runs `f` on each target, in parallel (one blocking task each), and gives the targets back.
+async fn each_parallel<F>(targets: Vec<Target>, f: F) -> Result<Vec<Target>, ProjectionError>
+where
+    F: Fn(&mut Target) -> Result<bool, ProjectionError> + Clone + Send + 'static,
+{
     let handles: Vec<_> = targets
         .into_iter()
         .map(|mut target| {
-            let batch = Arc::clone(&batch);
-            tokio::task::spawn_blocking(move || target.apply(&batch).map(|_| target))
+            let f = f.clone();
+            tokio::task::spawn_blocking(move || f(&mut target).map(|_| target))
         })
         .collect();
     let mut out = Vec::with_capacity(handles.len());
@@ -702,8 +769,8 @@ impl Inner {
         let slot = &self.slots[index];
         let _write = slot.write.blocking_lock();
         let active = slot.active();
-        let mut target =
-            Target { model: Arc::clone(&slot.model), tree: active.tree, checkpoint: *slot.checkpoint.borrow() };
+        // A fresh working set per batch, flushed at once (`flush_every` 1).
+        let mut target = Target::new(Arc::clone(&slot.model), active.tree, *slot.checkpoint.borrow(), 1);
         if target.apply(batch)? {
             slot.checkpoint.send_replace(target.checkpoint);
         }

@@ -1,12 +1,17 @@
-//! The single appender: group commit of concurrent appends into one write + one fdatasync.
+//! The write path, pipelined over two threads: the appender checks, encodes and writes
+//! group commits; the syncer makes them durable (`fdatasync`), publishes them and answers.
+//! One group's sync overlaps the writing of the next (see the module docs of `embedded`,
+//! "Writing" and "Why the invariants hold").
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -16,7 +21,7 @@ use super::segment::{create_segment, encode_record};
 use super::Shared;
 use crate::chain::{unix_nanos, EnvelopeRef};
 use crate::error::StoreError;
-use crate::types::{AppendResult, ExpectedVersion, NewEvent, Position, MAX_APPEND_BYTES};
+use crate::types::{AppendResult, ExpectedVersion, NewEvent, Position, StreamVersion, MAX_APPEND_BYTES};
 
 /// Most events one group commit writes.
 pub const MAX_BATCH_EVENTS: usize = 16_384;
@@ -24,6 +29,8 @@ pub const MAX_BATCH_EVENTS: usize = 16_384;
 pub const MAX_BATCH_BYTES: usize = MAX_APPEND_BYTES;
 /// Appends waiting for the appender; senders wait (backpressure) beyond this.
 pub const APPEND_QUEUE_CAPACITY: usize = 4_096;
+/// Most events written but not yet taken by the syncer; the appender waits beyond this.
+const MAX_UNSYNCED_EVENTS: usize = 4 * MAX_BATCH_EVENTS;
 
 pub(crate) type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
 
@@ -36,7 +43,67 @@ pub(crate) struct AppendRequest {
     pub reply: Reply,
 }
 
-/// An accepted append, applied to the in-memory index once the batch is durable.
+/// Where the write path starts (what recovery found).
+pub(crate) struct WriteStart {
+    pub shared: Arc<Shared>,
+    pub log_dir: PathBuf,
+    pub segment_bytes: u64,
+    /// Segment to write next: first position, file, write offset.
+    pub segment_first: Position,
+    pub file: Arc<File>,
+    pub write_offset: u64,
+    /// Last position of the log; durable (recovery synced what it found).
+    pub head: Position,
+    pub last_hash: [u8; 32],
+    pub last_recorded_at_nanos: i64,
+    pub head_tx: watch::Sender<Position>,
+    /// Dropped when the write path ends, which tells the indexer to finish.
+    pub indexer_stop: SyncSender<()>,
+}
+
+/// Starts the appender and the syncer thread (in that order in the result). The appender
+/// runs until `rx` closes or the log fails; the syncer until the appender is gone and
+/// everything it wrote is answered.
+pub(crate) fn spawn(start: WriteStart, rx: mpsc::Receiver<AppendRequest>) -> io::Result<Vec<JoinHandle<()>>> {
+    let pipe = Arc::new(Pipe::new(start.head));
+    let syncer = Syncer {
+        shared: Arc::clone(&start.shared),
+        pipe: Arc::clone(&pipe),
+        head_tx: start.head_tx,
+        _indexer_stop: start.indexer_stop,
+    };
+    let syncer_thread =
+        std::thread::Builder::new().name("paystream-store-syncer".into()).spawn(move || syncer.run())?;
+    let appender = Appender {
+        shared: start.shared,
+        pipe,
+        log_dir: start.log_dir,
+        segment_bytes: start.segment_bytes,
+        segment_first: start.segment_first,
+        file: start.file,
+        write_offset: start.write_offset,
+        head: start.head,
+        last_hash: start.last_hash,
+        last_recorded_at_nanos: start.last_recorded_at_nanos,
+        buf: Vec::with_capacity(1024 * 1024),
+        unpublished_versions: HashMap::new(),
+        unpublished_keys: HashMap::new(),
+    };
+    // If this fails the closure (and so the appender) is dropped, which closes the pipe
+    // and lets the syncer exit.
+    let appender_thread =
+        std::thread::Builder::new().name("paystream-store-appender".into()).spawn(move || appender.run(rx))?;
+    Ok(vec![appender_thread, syncer_thread])
+}
+
+/// How a request of a batch is answered once the batch is durable.
+enum Answer {
+    Rejected(StoreError),
+    /// The next entry of the batch's `accepted`.
+    Accepted,
+}
+
+/// An accepted append, applied to the in-memory index when its batch is published.
 struct Accepted {
     result: AppendResult,
     idempotency_key: Option<String>,
@@ -49,25 +116,149 @@ struct Placed {
     len: u64,
 }
 
-pub(crate) struct Appender {
-    pub shared: Arc<Shared>,
-    pub log_dir: PathBuf,
-    pub segment_bytes: u64,
+/// A batch the appender has written (its `pwrite` returned), waiting for a sync.
+struct Written {
+    answers: Vec<(Reply, Answer)>,
+    accepted: Vec<Accepted>,
+    placed: Vec<Placed>,
+    /// Segments the batch created, in order (not yet in the index).
+    new_segments: Vec<(Position, Arc<File>)>,
+    /// Files the batch wrote to; empty if it rejected every request.
+    wrote: Vec<Arc<File>>,
+    /// Appender state after the batch: what readers see once it is published.
+    head: Position,
+    last_hash: [u8; 32],
+    last_recorded_at_nanos: i64,
+    events: usize,
+}
+
+/// The hand-over from the appender to the syncer.
+struct Pipe {
+    state: Mutex<PipeState>,
+    syncer_wake: Condvar,
+    appender_wake: Condvar,
+    /// Last position whose `fdatasync` has returned (the durable prefix of the log).
+    synced_head: AtomicU64,
+    /// A sync failed: the appender must not write anything more.
+    failed: AtomicBool,
+}
+
+#[derive(Default)]
+struct PipeState {
+    /// Written batches, oldest first, that no sync has been started for.
+    written: Vec<Written>,
+    written_events: usize,
+    /// The appender is gone; nothing more will be written.
+    closed: bool,
+    syncer_waiting: bool,
+    appender_waiting: bool,
+}
+
+impl Pipe {
+    fn new(durable_head: Position) -> Pipe {
+        Pipe {
+            state: Mutex::new(PipeState::default()),
+            syncer_wake: Condvar::new(),
+            appender_wake: Condvar::new(),
+            synced_head: AtomicU64::new(durable_head),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PipeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a written batch to the syncer; waits while too much is written but unsynced.
+    fn push(&self, batch: Written) {
+        let mut state = self.lock();
+        while state.written_events >= MAX_UNSYNCED_EVENTS && !self.failed.load(Ordering::Acquire) {
+            state.appender_waiting = true;
+            state = self.appender_wake.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state.appender_waiting = false;
+        }
+        state.written_events += batch.events;
+        state.written.push(batch);
+        let wake = state.syncer_waiting;
+        drop(state);
+        if wake {
+            self.syncer_wake.notify_one();
+        }
+    }
+
+    /// Everything written so far, oldest first; waits for something. `None` once the
+    /// appender is gone and everything was taken.
+    fn take(&self, into: &mut Vec<Written>) -> bool {
+        let mut state = self.lock();
+        loop {
+            if !state.written.is_empty() {
+                std::mem::swap(&mut state.written, into);
+                state.written_events = 0;
+                let wake = state.appender_waiting;
+                drop(state);
+                if wake {
+                    self.appender_wake.notify_one();
+                }
+                return true;
+            }
+            if state.closed {
+                return false;
+            }
+            state.syncer_waiting = true;
+            state = self.syncer_wake.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state.syncer_waiting = false;
+        }
+    }
+
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        let wake = state.syncer_waiting;
+        drop(state);
+        if wake {
+            self.syncer_wake.notify_one();
+        }
+    }
+
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        let wake = self.lock().appender_waiting;
+        if wake {
+            self.appender_wake.notify_one();
+        }
+    }
+}
+
+struct Appender {
+    shared: Arc<Shared>,
+    pipe: Arc<Pipe>,
+    log_dir: PathBuf,
+    segment_bytes: u64,
     /// Segment being written: first position, file, write offset.
-    pub segment_first: Position,
-    pub file: Arc<File>,
-    pub write_offset: u64,
-    pub head: Position,
-    pub last_hash: [u8; 32],
-    pub last_recorded_at_nanos: i64,
-    pub head_tx: watch::Sender<Position>,
-    /// Dropped when the appender exits, which tells the indexer to finish.
-    pub _indexer_stop: SyncSender<()>,
-    pub buf: Vec<u8>,
+    segment_first: Position,
+    file: Arc<File>,
+    write_offset: u64,
+    /// Last position assigned (written or about to be), ahead of the published head.
+    head: Position,
+    last_hash: [u8; 32],
+    last_recorded_at_nanos: i64,
+    buf: Vec<u8>,
+    /// Streams and idempotency keys of batches handed to the syncer but possibly not yet
+    /// published, with the last position of the append that set them. Checks consult
+    /// these before the index; entries the index already has are pruned.
+    unpublished_versions: HashMap<String, (StreamVersion, Position)>,
+    unpublished_keys: HashMap<String, AppendResult>,
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        // Nothing more will be written: the syncer answers what it has and exits.
+        self.pipe.close();
+    }
 }
 
 impl Appender {
-    pub fn run(mut self, mut rx: mpsc::Receiver<AppendRequest>) {
+    fn run(mut self, mut rx: mpsc::Receiver<AppendRequest>) {
         let mut carry: Option<AppendRequest> = None;
         loop {
             let first = match carry.take() {
@@ -90,13 +281,28 @@ impl Appender {
                 bytes += request.bytes;
                 batch.push(request);
             }
-            if let Err(err) = self.commit(batch) {
-                // After a failed write or fdatasync the state of the file (and of the page
-                // cache) is unknown, so nothing more is written: the store must be reopened,
-                // and recovery decides from what is on disk.
+            let stopped = if self.pipe.failed.load(Ordering::Acquire) {
+                // A sync failed (the syncer recorded why): write nothing more.
+                let reason = match self.shared.stopped_error() {
+                    StoreError::Unavailable(reason) => reason,
+                    other => other.to_string(),
+                };
+                for request in batch {
+                    let _ = request.reply.send(Err(StoreError::Unavailable(reason.clone())));
+                }
+                Some(reason)
+            } else if let Err(err) = self.commit(batch) {
+                // After a failed write the state of the file (and of the page cache) is
+                // unknown, so nothing more is written: the store must be reopened, and
+                // recovery decides from what is on disk.
                 let reason = format!("append failed and the log was stopped: {err}; reopen the store");
                 tracing::error!(%reason);
                 self.shared.set_failure(reason.clone());
+                Some(reason)
+            } else {
+                None
+            };
+            if let Some(reason) = stopped {
                 rx.close();
                 if let Some(request) = carry.take() {
                     let _ = request.reply.send(Err(StoreError::Unavailable(reason.clone())));
@@ -109,119 +315,137 @@ impl Appender {
         }
     }
 
-    /// Checks, writes and syncs one batch, then publishes it and answers every request.
-    /// `Err` only for I/O failures, after which every request of the batch was answered.
+    /// Checks, encodes and writes one batch, then hands it to the syncer, which answers
+    /// it once it is durable. `Err` only for I/O failures, after which every request of
+    /// the batch was answered.
     fn commit(&mut self, batch: Vec<AppendRequest>) -> io::Result<()> {
-        let batch_first = self.head + 1;
+        // Every position before this one is durable (its sync returned) as this batch is
+        // written: recovery relies on it (the record's "batch first position" field).
+        let durable_before = self.pipe.synced_head.load(Ordering::Acquire) + 1;
         let now = unix_nanos(OffsetDateTime::now_utc()).max(self.last_recorded_at_nanos);
-        self.buf.clear();
-        let mut buf_offset = self.write_offset;
-        let mut outcomes: Vec<(Reply, Result<AppendResult, StoreError>)> = Vec::with_capacity(batch.len());
-        let mut accepted: Vec<Accepted> = Vec::new();
-        let mut placed: Vec<Placed> = Vec::new();
-        let mut new_segments: Vec<(Position, Arc<File>)> = Vec::new();
-        let mut to_sync: Vec<Arc<File>> = vec![Arc::clone(&self.file)];
-        let mut io_error: Option<io::Error> = None;
+
+        // 1. Checks, in order, against the published index plus every unpublished batch
+        //    (including the requests before this one in this batch); positions.
+        let mut answers: Vec<(Reply, Answer)> = Vec::with_capacity(batch.len());
+        let mut accepted: Vec<Accepted> = Vec::with_capacity(batch.len());
+        let mut to_encode: Vec<Vec<NewEvent>> = Vec::with_capacity(batch.len());
         {
             let shared = Arc::clone(&self.shared);
             let index = shared.read_index();
-            let mut versions: HashMap<String, u64> = HashMap::new();
-            let mut keys: HashMap<String, AppendResult> = HashMap::new();
+            let published = index.head;
+            if !self.unpublished_versions.is_empty() {
+                self.unpublished_versions.retain(|_, (_, last)| *last > published);
+            }
+            if !self.unpublished_keys.is_empty() {
+                self.unpublished_keys.retain(|_, result| result.last_position > published);
+            }
             for request in batch {
-                if io_error.is_some() {
-                    outcomes.push((request.reply, Err(StoreError::Closed)));
-                    continue;
-                }
-                let key = request.events[0].metadata.idempotency_key.clone();
+                let AppendRequest { stream_id, expected, events, reply, .. } = request;
+                let key = events.first().and_then(|e| e.metadata.idempotency_key.clone());
                 if let Some(k) = &key {
-                    if let Some(existing) = keys.get(k).or_else(|| index.idempotency.get(k)) {
+                    if let Some(existing) = self.unpublished_keys.get(k).or_else(|| index.idempotency.get(k)) {
                         let err = StoreError::DuplicateIdempotencyKey { key: k.clone(), existing: existing.clone() };
-                        outcomes.push((request.reply, Err(err)));
+                        answers.push((reply, Answer::Rejected(err)));
                         continue;
                     }
                 }
-                let actual = versions
-                    .get(&request.stream_id)
-                    .copied()
-                    .unwrap_or_else(|| index.stream_version(&request.stream_id));
-                if !request.expected.accepts(actual) {
-                    let err = StoreError::WrongExpectedVersion {
-                        stream_id: request.stream_id,
-                        expected: request.expected,
-                        actual,
-                    };
-                    outcomes.push((request.reply, Err(err)));
+                let actual = match self.unpublished_versions.get(&stream_id) {
+                    Some(&(version, _)) => version,
+                    None => index.stream_version(&stream_id),
+                };
+                if !expected.accepts(actual) {
+                    let err = StoreError::WrongExpectedVersion { stream_id, expected, actual };
+                    answers.push((reply, Answer::Rejected(err)));
                     continue;
                 }
-                let count = request.events.len() as u64;
+                let count = events.len() as u64;
                 let result = AppendResult {
-                    stream_id: request.stream_id,
+                    stream_id,
                     first_version: actual + 1,
                     last_version: actual + count,
                     first_position: self.head + 1,
                     last_position: self.head + count,
                 };
-                for (i, event) in request.events.iter().enumerate() {
-                    let envelope = EnvelopeRef {
-                        position: result.first_position + i as u64,
-                        stream_id: &result.stream_id,
-                        stream_version: result.first_version + i as u64,
-                        event_id: &event.event_id,
-                        event_type: &event.event_type,
-                        schema_version: event.schema_version,
-                        recorded_at_nanos: now,
-                        metadata: &event.metadata,
-                        payload: &event.payload,
-                    };
-                    let start = self.buf.len();
-                    let hash = encode_record(
-                        &mut self.buf,
-                        &envelope,
-                        &self.last_hash,
-                        batch_first,
-                        result.first_position,
-                        request.events.len() as u32,
-                    );
-                    let len = (self.buf.len() - start) as u64;
-                    if buf_offset + self.buf.len() as u64 > self.segment_bytes {
-                        // The record does not fit: write what precedes it, start a new segment.
-                        let record = self.buf.split_off(start);
-                        if let Err(err) = self.roll(buf_offset, envelope.position) {
-                            io_error = Some(err);
-                            break;
-                        }
-                        to_sync.push(Arc::clone(&self.file));
-                        new_segments.push((self.segment_first, Arc::clone(&self.file)));
-                        self.buf = record;
-                        buf_offset = 0;
-                    }
-                    placed.push(Placed {
-                        segment_first: self.segment_first,
-                        offset: buf_offset + self.buf.len() as u64 - len,
-                        len,
-                    });
-                    self.last_hash = hash;
-                }
-                if io_error.is_some() {
-                    outcomes.push((request.reply, Err(StoreError::Closed)));
-                    continue;
-                }
                 self.head = result.last_position;
-                versions.insert(result.stream_id.clone(), result.last_version);
-                if let Some(k) = &key {
-                    keys.insert(k.clone(), result.clone());
+                match self.unpublished_versions.get_mut(&result.stream_id) {
+                    Some(entry) => *entry = (result.last_version, result.last_position),
+                    None => {
+                        self.unpublished_versions
+                            .insert(result.stream_id.clone(), (result.last_version, result.last_position));
+                    }
                 }
-                outcomes.push((request.reply, Ok(result.clone())));
+                if let Some(k) = &key {
+                    self.unpublished_keys.insert(k.clone(), result.clone());
+                }
+                answers.push((reply, Answer::Accepted));
                 accepted.push(Accepted { result, idempotency_key: key });
+                to_encode.push(events);
             }
         }
 
+        // 2. Encode and hash into one buffer, roll segments as needed, one positional write.
+        let events: usize = to_encode.iter().map(Vec::len).sum();
+        let mut placed: Vec<Placed> = Vec::with_capacity(events);
+        let mut new_segments: Vec<(Position, Arc<File>)> = Vec::new();
+        let mut wrote: Vec<Arc<File>> = Vec::new();
+        if events > 0 {
+            wrote.push(Arc::clone(&self.file));
+        }
+        self.buf.clear();
+        let mut buf_offset = self.write_offset;
+        let mut io_error: Option<io::Error> = None;
+        'appends: for (a, events) in accepted.iter().zip(&to_encode) {
+            let result = &a.result;
+            for (i, event) in events.iter().enumerate() {
+                let envelope = EnvelopeRef {
+                    position: result.first_position + i as u64,
+                    stream_id: &result.stream_id,
+                    stream_version: result.first_version + i as u64,
+                    event_id: &event.event_id,
+                    event_type: &event.event_type,
+                    schema_version: event.schema_version,
+                    recorded_at_nanos: now,
+                    metadata: &event.metadata,
+                    payload: &event.payload,
+                };
+                let start = self.buf.len();
+                let hash = encode_record(
+                    &mut self.buf,
+                    &envelope,
+                    &self.last_hash,
+                    durable_before,
+                    result.first_position,
+                    events.len() as u32,
+                );
+                let len = (self.buf.len() - start) as u64;
+                if buf_offset + self.buf.len() as u64 > self.segment_bytes {
+                    // The record does not fit: write what precedes it, start a new segment.
+                    let record = self.buf.split_off(start);
+                    if let Err(err) = self.roll(buf_offset, envelope.position) {
+                        io_error = Some(err);
+                        break 'appends;
+                    }
+                    wrote.push(Arc::clone(&self.file));
+                    new_segments.push((self.segment_first, Arc::clone(&self.file)));
+                    self.buf = record;
+                    buf_offset = 0;
+                }
+                placed.push(Placed {
+                    segment_first: self.segment_first,
+                    offset: buf_offset + self.buf.len() as u64 - len,
+                    len,
+                });
+                self.last_hash = hash;
+            }
+        }
+        drop(to_encode);
         let written = match io_error {
             Some(err) => Err(err),
-            None => self.write_and_sync(buf_offset, &to_sync),
+            None if self.buf.is_empty() => Ok(()),
+            None => self.file.write_all_at(&self.buf, buf_offset),
         };
         if let Err(err) = written {
-            for (reply, _) in outcomes {
+            for (reply, _) in answers {
                 let _ = reply.send(Err(StoreError::Unavailable(format!("append not written: {err}"))));
             }
             return Err(err);
@@ -229,50 +453,18 @@ impl Appender {
         self.write_offset = buf_offset + self.buf.len() as u64;
         self.last_recorded_at_nanos = now;
 
-        // Durable: publish to readers, then answer.
-        {
-            let mut index = self.shared.write_index();
-            for (first, file) in new_segments {
-                index.segments.push(SegmentIndex { first, file, offsets: Vec::new(), end: 0 });
-            }
-            for p in &placed {
-                // Records are placed in order, nearly always in the newest segment.
-                if let Some(s) = index.segments.iter_mut().rev().find(|s| s.first == p.segment_first) {
-                    s.offsets.push(p.offset as u32);
-                    s.end = p.offset + p.len;
-                }
-            }
-            for a in &accepted {
-                let new_positions = a.result.first_position..=a.result.last_position;
-                match index.streams.get_mut(&a.result.stream_id) {
-                    Some(positions) => positions.extend(new_positions),
-                    None => {
-                        let positions = new_positions.collect();
-                        index.streams.insert(a.result.stream_id.clone(), positions);
-                    }
-                }
-                if let Some(k) = &a.idempotency_key {
-                    index.idempotency.insert(k.clone(), a.result.clone());
-                }
-            }
-            index.head = self.head;
-            index.last_hash = self.last_hash;
-            index.last_recorded_at_nanos = now;
-        }
-        self.head_tx.send_replace(self.head);
-        for (reply, outcome) in outcomes {
-            let _ = reply.send(outcome);
-        }
-        Ok(())
-    }
-
-    fn write_and_sync(&mut self, buf_offset: u64, to_sync: &[Arc<File>]) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.file.write_all_at(&self.buf, buf_offset)?;
-        }
-        for file in to_sync {
-            file.sync_data()?;
-        }
+        // 3. The syncer makes it durable, publishes it and answers.
+        self.pipe.push(Written {
+            answers,
+            accepted,
+            placed,
+            new_segments,
+            wrote,
+            head: self.head,
+            last_hash: self.last_hash,
+            last_recorded_at_nanos: now,
+            events,
+        });
         Ok(())
     }
 
@@ -287,5 +479,109 @@ impl Appender {
         self.file = Arc::new(file);
         self.segment_first = next_position;
         Ok(())
+    }
+}
+
+/// Syncs what the appender wrote, then publishes it (index, then head) and answers.
+struct Syncer {
+    shared: Arc<Shared>,
+    pipe: Arc<Pipe>,
+    head_tx: watch::Sender<Position>,
+    /// Dropped when the syncer exits (after the last publish), which tells the indexer
+    /// to finish.
+    _indexer_stop: SyncSender<()>,
+}
+
+impl Syncer {
+    fn run(self) {
+        let mut failed: Option<String> = None;
+        let mut group: Vec<Written> = Vec::new();
+        let mut files: Vec<Arc<File>> = Vec::new();
+        while self.pipe.take(&mut group) {
+            if let Some(reason) = &failed {
+                answer_all(&mut group, || StoreError::Unavailable(reason.clone()));
+                continue;
+            }
+            // Every batch of the group was written before this point, so one sync of each
+            // file it touched covers all of them.
+            files.clear();
+            for file in group.iter().flat_map(|batch| &batch.wrote) {
+                if !files.iter().any(|f| Arc::ptr_eq(f, file)) {
+                    files.push(Arc::clone(file));
+                }
+            }
+            if let Some(err) = files.iter().find_map(|file| file.sync_data().err()) {
+                // As after a failed write: the page cache can no longer be trusted
+                // ("fsyncgate"); nothing more is written or acknowledged.
+                let reason = format!("fdatasync failed and the log was stopped: {err}; reopen the store");
+                tracing::error!(%reason);
+                self.shared.set_failure(reason.clone());
+                self.pipe.fail();
+                answer_all(&mut group, || StoreError::Unavailable(format!("append not written: {err}")));
+                failed = Some(reason);
+                continue;
+            }
+            self.publish(&mut group);
+        }
+    }
+
+    /// The group is durable: publish it to readers (index, then head), then answer.
+    fn publish(&self, group: &mut Vec<Written>) {
+        let Some(head) = group.last().map(|batch| batch.head) else { return };
+        self.pipe.synced_head.store(head, Ordering::Release);
+        {
+            let mut index = self.shared.write_index();
+            for batch in group.iter_mut() {
+                for (first, file) in batch.new_segments.drain(..) {
+                    index.segments.push(SegmentIndex { first, file, offsets: Vec::new(), end: 0 });
+                }
+                for p in &batch.placed {
+                    // Records are placed in order, nearly always in the newest segment.
+                    if let Some(s) = index.segments.iter_mut().rev().find(|s| s.first == p.segment_first) {
+                        s.offsets.push(p.offset as u32);
+                        s.end = p.offset + p.len;
+                    }
+                }
+                for a in &batch.accepted {
+                    let new_positions = a.result.first_position..=a.result.last_position;
+                    match index.streams.get_mut(&a.result.stream_id) {
+                        Some(positions) => positions.extend(new_positions),
+                        None => {
+                            let positions = new_positions.collect();
+                            index.streams.insert(a.result.stream_id.clone(), positions);
+                        }
+                    }
+                    if let Some(k) = &a.idempotency_key {
+                        index.idempotency.insert(k.clone(), a.result.clone());
+                    }
+                }
+                index.head = batch.head;
+                index.last_hash = batch.last_hash;
+                index.last_recorded_at_nanos = batch.last_recorded_at_nanos;
+            }
+        }
+        self.head_tx.send_replace(head);
+        for batch in group.drain(..) {
+            let mut accepted = batch.accepted.into_iter();
+            for (reply, answer) in batch.answers {
+                let outcome = match answer {
+                    Answer::Rejected(err) => Err(err),
+                    Answer::Accepted => accepted
+                        .next()
+                        .map(|a| a.result)
+                        .ok_or_else(|| StoreError::Unavailable("append result missing".to_owned())),
+                };
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
+
+/// Answers every request of the group with an error, nothing published.
+fn answer_all(group: &mut Vec<Written>, err: impl Fn() -> StoreError) {
+    for batch in group.drain(..) {
+        for (reply, _) in batch.answers {
+            let _ = reply.send(Err(err()));
+        }
     }
 }

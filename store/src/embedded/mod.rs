@@ -6,7 +6,7 @@
 //! ```text
 //! <dir>/log/00000000000000000001.seg   segment files, named by the position of their
 //! <dir>/log/00000000000000052311.seg   first record (20 digits), preallocated to
-//! ...                                  `segment_bytes` (64 MiB) with zeros
+//! ...                                  `segment_bytes` (64 MiB) with written zeros
 //! <dir>/index/                         sled database (derived; may be deleted)
 //! ```
 //!
@@ -24,7 +24,8 @@
 //!                       payload)
 //!   [u8; 32]  prev_hash
 //!   [u8; 32]  hash = SHA-256(prev_hash || canonical envelope)
-//!   u64       batch first position: first position of the group commit that wrote it
+//!   u64       batch first position: every position before it was durable (its
+//!             fdatasync had returned) when this record was written; see "Writing"
 //!   u64       append first position: first position of its append
 //!   u32       append event count
 //! ```
@@ -49,17 +50,45 @@
 //!
 //! # Writing
 //!
-//! One appender thread owns the write end. Appends arrive over a bounded channel; the
-//! appender takes every request waiting (up to 16,384 events / 16 MiB), checks each in
-//! order against the in-memory state as updated by the requests before it (idempotency
-//! key first, then expected version; a failed check rejects only that request), assigns
-//! consecutive positions and versions, encodes and hashes the records into one buffer,
-//! writes it with one positional write, calls `fdatasync` once (on each segment the
-//! batch touched), and only then publishes the batch to readers (the in-memory index,
-//! then the head position) and answers each request. A new segment is created,
-//! preallocated, `fsync`ed and its directory entry `fsync`ed before any record goes in.
-//! If a write or sync fails the appender stops for good (the page cache can no longer
-//! be trusted; see "fsyncgate") and the store must be reopened.
+//! Two threads own the write end and form a two-stage pipeline, so that the `fdatasync`
+//! of one group commit overlaps the encoding and writing of the next:
+//!
+//! 1. The **appender** takes every append waiting on a bounded channel (up to 16,384
+//!    events / 16 MiB), checks each in order (idempotency key first, then expected
+//!    version; a failed check rejects only that request) against the published in-memory
+//!    index overlaid with the streams and keys of every batch it has written but not yet
+//!    seen published, including the requests before it in the same batch; assigns
+//!    consecutive positions and versions; encodes and hashes the records into one buffer
+//!    and writes it with one positional write. It then hands the batch to the syncer and
+//!    goes on with the next one without waiting for the sync (it only waits when 65,536
+//!    written events are not yet taken by the syncer).
+//! 2. The **syncer** takes every batch written so far (a group, oldest first), calls
+//!    `fdatasync` once on each segment the group wrote, and only then publishes the
+//!    group to readers, batch by batch in order (the in-memory index, then the head
+//!    position), and answers each request. Rejections are answered there too, since a
+//!    rejection may rest on an in-flight batch (a duplicate key must not be reported
+//!    before the original is durable). A group that wrote nothing (only rejections)
+//!    needs no sync: everything before it was synced by earlier groups.
+//!
+//! Every record stores in its "batch first position" field the position after the
+//! syncer's durable head as the appender starts the batch (the syncer advances that head
+//! only after `fdatasync` returned): every earlier position was durable when the record
+//! was written. Without overlap (one writer, or logs written before the pipeline) that is
+//! the first position of the record's own batch, as the field's name says; the format
+//! did not change. Recovery relies on it (see below).
+//!
+//! A new segment is created, filled with zeros (so that a record overwrites allocated,
+//! initialised blocks and a group's `fdatasync` has no extent changes to journal, which
+//! halves its cost on ext4), `fsync`ed and its directory entry `fsync`ed before any record
+//! goes in; a batch that crosses segments is synced on both. If a write fails, the
+//! appender stops for good (it answers its batch and everything queued with an error);
+//! batches written before still get their sync and answer. If a sync fails, the syncer
+//! answers that group and every later one with an error and publishes nothing more, and
+//! the appender writes nothing more. Either way the page cache can no longer be trusted
+//! (see "fsyncgate") and the store must be reopened; recovery decides from what is on
+//! disk. On open, recovery also syncs the segments it walked: a killed process can leave
+//! whole but unsynced records in the page cache, and the first new record claims that
+//! everything before it is durable.
 //!
 //! An indexer thread tails the durable part of the log and writes each complete chunk
 //! to sled. It is off the critical path (readers and the appender use the in-memory
@@ -78,27 +107,52 @@
 //! 3. Every record after `indexed_through` is fully checked (CRC, position, prev_hash,
 //!    recomputed hash, stream version, append bounds) and indexed in memory; the
 //!    indexer then writes it to sled.
-//! 4. The walk stops at the first place that is not a whole record. If only zeros
-//!    follow, that is the end of the log. Otherwise the bytes after it (rest of the
-//!    segment and any later segment) are searched for whole records: if one was written
-//!    by a later group commit than the missing position's, that position had been
-//!    synced and acknowledged, so the damage is in the middle of the log and open fails
-//!    with `Corrupt` (never truncating acknowledged data). If not, everything after the
-//!    point belongs to the last group commit, whose `fdatasync` never returned, so no
-//!    event in it was acknowledged: the torn tail is zeroed and later segments removed.
+//! 4. The walk stops at the first place that is not a whole record, where position `p`
+//!    should be. If only zeros follow, that is the end of the log. Otherwise the bytes
+//!    after it (rest of the segment and any later segment) are searched for whole
+//!    records: if one has a batch first position beyond `p`, it was written after `p`'s
+//!    sync returned, so `p` had been acknowledged: the damage is in the middle of the log
+//!    and open fails with `Corrupt` (never truncating acknowledged data). If not,
+//!    everything after the point was written while `p`'s sync had not returned: it
+//!    belongs to the batches in flight at the crash, none of them acknowledged, so the
+//!    torn tail is zeroed and later segments removed.
 //!
 //! # Why the invariants hold
 //!
-//! * Acknowledged means durable: the reply is sent after `fdatasync` returned on every
-//!   segment written, and a new segment's directory entry was synced at creation.
+//! * Acknowledged means durable: a request is answered only after an `fdatasync` has
+//!   returned on every segment its batch wrote, and that sync started after the batch's
+//!   write returned (the appender hands a batch over only after writing it; the syncer
+//!   syncs only batches it has taken). A new segment's directory entry was synced at
+//!   creation.
 //! * Gap-free positions: one thread assigns them, consecutively, to accepted requests
-//!   only; readers see a batch only after the whole batch is in the in-memory index,
-//!   and the head is published last, so position n+1 is never visible before n.
+//!   only; the syncer publishes whole groups in the order they were written, under the
+//!   index lock, with the head last, so readers never see position n+1 before n nor a
+//!   position whose sync has not returned.
 //! * One winner per expected version: checks run on the single appender thread against
-//!   state that includes every earlier request of the same batch.
-//! * Idempotency: same, for the key index; a duplicate gets the original append result.
-//! * Crash safety: see recovery. A torn tail can only contain unacknowledged records;
-//!   anything else is reported, not cut.
+//!   the published index plus everything written since (earlier requests of the same
+//!   batch and all in-flight batches). An in-flight entry is dropped only once the
+//!   published index holds it, so no check ever sees an older version than was written.
+//! * Idempotency: same, for the key index; a duplicate gets the original append result,
+//!   answered only once the original is durable.
+//! * Crash safety. Writes are issued in position order by one thread and an
+//!   `fdatasync` covers every write that completed before it started, so once a group's
+//!   sync returns, every batch up to that group's last is durable: acknowledged events
+//!   are always a prefix of the log, and the only unacknowledged records are those of
+//!   the batches in flight (the group being synced and the batches written since,
+//!   possibly in a new segment). After a crash, pages of those batches may have reached
+//!   the disk in any order, so the first hole at position `p` may be followed by whole
+//!   records of a later in-flight batch. `p`'s batch never finished its sync, so every
+//!   such record was written while the durable head was below `p`'s batch and carries a
+//!   batch first position at most `p`: recovery reads that as a torn tail and cuts it,
+//!   never as damage (two in-flight batches cannot create a gap that looks like lost
+//!   acknowledged data). Conversely, if `p` was acknowledged, every batch written after
+//!   its sync returned carries a batch first position beyond `p`; if one is on disk,
+//!   open fails with `Corrupt` instead of cutting.
+//! * What recovery cannot tell apart: damage to acknowledged records (the disk losing
+//!   synced data, not a crash) followed by no record written after their sync returned
+//!   looks like a torn tail and is cut. Before the pipeline that was the last group
+//!   commit; now it can also be the batches written while that group's sync ran, which
+//!   carry the older durable head. A crash alone never causes it.
 //! * Reads check the CRC and the position of every record they return; a damaged
 //!   record is an error, never data. `verify` additionally recomputes the hash chain.
 
@@ -117,7 +171,7 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::appender::{AppendRequest, Appender, APPEND_QUEUE_CAPACITY};
+use self::appender::{AppendRequest, WriteStart, APPEND_QUEUE_CAPACITY};
 use self::derived::{Indexer, Persisted, TREE_NAME};
 use self::index::{read_range, Index, ReadRange, READ_MAX_BYTES};
 use self::recovery::{recover, RecoverError};
@@ -330,7 +384,7 @@ impl EmbeddedStore {
         let indexer = Indexer { tree, shared: Arc::clone(&shared), indexed_through: persisted_through };
         let indexer_thread =
             std::thread::Builder::new().name("paystream-store-indexer".into()).spawn(move || indexer.run(stop_rx))?;
-        let appender = Appender {
+        let write_start = WriteStart {
             shared: Arc::clone(&shared),
             log_dir,
             segment_bytes: options.segment_bytes,
@@ -341,18 +395,16 @@ impl EmbeddedStore {
             last_hash,
             last_recorded_at_nanos,
             head_tx,
-            _indexer_stop: stop_tx,
-            buf: Vec::with_capacity(1024 * 1024),
+            indexer_stop: stop_tx,
         };
-        let appender_thread = std::thread::Builder::new()
-            .name("paystream-store-appender".into())
-            .spawn(move || appender.run(receiver))?;
+        let mut threads = appender::spawn(write_start, receiver)?;
+        threads.push(indexer_thread);
 
         Ok(EmbeddedStore {
             control: Arc::new(Control {
                 shared: Arc::clone(&shared),
                 sender: Mutex::new(Some(sender)),
-                threads: Mutex::new(vec![appender_thread, indexer_thread]),
+                threads: Mutex::new(threads),
                 db: Mutex::new(Some(db)),
             }),
             shared,
@@ -480,7 +532,7 @@ impl EventStore for EmbeddedStore {
 /// Opens sled; a database sled itself reports as corrupt is moved aside and rebuilt from
 /// the log (it only ever holds derived data).
 fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
-    match sled::open(path) {
+    match open_sled_waiting_for_lock(path) {
         Err(sled::Error::Corruption { .. }) => {
             let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
             let aside = path.with_extension(format!("corrupt-{stamp}"));
@@ -489,6 +541,29 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
             Ok(sled::open(path)?)
         }
         other => Ok(other?),
+    }
+}
+
+/// How long `open` waits for sled's file lock to be released.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `sled::open`, retrying for up to [`SLED_LOCK_WAIT`] while the database lock is held:
+/// sled 0.34 releases it from a background thread shortly *after* the last handle is
+/// dropped (sled issue 1289), so a close followed at once by an open of the same
+/// directory can find it still taken. A second process keeping the store open still
+/// fails (after the wait).
+fn open_sled_waiting_for_lock(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match sled::open(path) {
+            // sled reports it as `ErrorKind::Other` with this message (config.rs).
+            Err(sled::Error::Io(err))
+                if err.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 

@@ -105,6 +105,7 @@ pub(crate) fn recover(log_dir: &Path, segment_bytes: u64, persisted: Persisted) 
         }
     }
 
+    let first_walked = seg;
     while seg < index.segments.len() {
         let path = &paths[seg].1;
         let buf = fs::read(path)?;
@@ -145,6 +146,13 @@ pub(crate) fn recover(log_dir: &Path, segment_bytes: u64, persisted: Persisted) 
             last.file.set_len(segment_bytes)?;
             last.file.sync_all()?;
         }
+    }
+    // What the walk found may only be in the page cache: a killed process leaves its last
+    // writes there, unsynced (a power cut would still lose them). New records claim that
+    // every position before their "batch first position" is durable, so make it true
+    // before the appender writes any.
+    for s in index.segments.iter().skip(first_walked) {
+        s.file.sync_data()?;
     }
     index.head = scan.expect - 1;
     index.last_hash = scan.prev_hash;
@@ -264,11 +272,12 @@ impl Scan {
     }
 
     /// The log stops being whole at `(seg, at)`, where position `expect` should be.
-    /// If any whole record after that point was written by a later group commit than
-    /// the one that wrote `expect`, then `expect` had been made durable and acknowledged
-    /// before, so this is damage, reported as `Corrupt`. Otherwise everything after the
-    /// point belongs to the last, never acknowledged group commit: a torn tail, which is
-    /// cut (zeroed, later segments deleted).
+    /// If any whole record after that point has a batch first position beyond `expect`,
+    /// it was written after `expect`'s sync returned, so `expect` had been acknowledged:
+    /// this is damage, reported as `Corrupt`. Otherwise everything after the point was
+    /// written while `expect`'s sync had not returned (the batches in flight at the
+    /// crash, never acknowledged): a torn tail, which is cut (zeroed, later segments
+    /// deleted).
     fn torn(
         &mut self,
         index: &mut Index,
@@ -324,5 +333,93 @@ impl Scan {
             segment::sync_dir(paths[seg].1.parent().unwrap_or(Path::new(".")))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::chain::EnvelopeRef;
+    use crate::types::Metadata;
+    use uuid::Uuid;
+
+    const SEGMENT_BYTES: u64 = 64 * 1024;
+
+    /// Writes single-event appends to segment 1, one group commit per `(events, batch
+    /// first position)`, as the pipelined appender does; returns each record's
+    /// (offset, length).
+    fn write_log(log_dir: &Path, batches: &[(u64, Position)]) -> Vec<(usize, usize)> {
+        let file = segment::create_segment(log_dir, 1, SEGMENT_BYTES).unwrap();
+        let mut buf = Vec::new();
+        let mut records = Vec::new();
+        let mut prev_hash = GENESIS_HASH;
+        let mut position = 1;
+        let metadata = Metadata::default();
+        for &(events, durable_before) in batches {
+            for _ in 0..events {
+                let event_id = Uuid::now_v7();
+                let payload = format!(r#"{{"n":{position}}}"#).into_bytes();
+                let envelope = EnvelopeRef {
+                    position,
+                    stream_id: "stream-1",
+                    stream_version: position,
+                    event_id: &event_id,
+                    event_type: "Tested",
+                    schema_version: 1,
+                    recorded_at_nanos: 1_700_000_000_000_000_000,
+                    metadata: &metadata,
+                    payload: &payload,
+                };
+                let start = buf.len();
+                prev_hash = segment::encode_record(&mut buf, &envelope, &prev_hash, durable_before, position, 1);
+                records.push((start, buf.len() - start));
+                position += 1;
+            }
+        }
+        file.write_all_at(&buf, 0).unwrap();
+        records
+    }
+
+    fn tear(log_dir: &Path, (offset, len): (usize, usize)) {
+        let file = segment::open_segment(&segment::segment_path(log_dir, 1)).unwrap();
+        file.write_all_at(&vec![0u8; len / 2], (offset + len / 4) as u64).unwrap();
+    }
+
+    /// Batches A (1..=3), B (4..=6), C (7..=9). B was written while A's sync was running,
+    /// C after A's returned but while B's was: a crash can leave B torn and C whole. C's
+    /// records say only 1..=3 were durable when they were written, so this is a torn
+    /// tail, cut back to 3 (plus whatever of B is whole before the tear).
+    #[test]
+    fn torn_in_flight_batch_with_a_whole_later_in_flight_batch_is_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = write_log(dir.path(), &[(3, 1), (3, 1), (3, 4)]);
+        tear(dir.path(), records[4]); // position 5
+        let index = match recover(dir.path(), SEGMENT_BYTES, Persisted::default()) {
+            Ok(index) => index,
+            Err(RecoverError::Store(err)) => panic!("{err}"),
+            Err(RecoverError::Untrusted(why)) => panic!("{why}"),
+        };
+        assert_eq!(index.head, 4);
+        let buf = fs::read(segment::segment_path(dir.path(), 1)).unwrap();
+        assert!(buf[records[4].0..].iter().all(|&b| b == 0), "the torn tail was zeroed");
+    }
+
+    /// The same log, but C was written after B's sync returned (its records say 1..=6
+    /// were durable): B was acknowledged, so a tear in it is damage, never cut.
+    #[test]
+    fn tear_before_a_later_batch_that_saw_it_durable_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = write_log(dir.path(), &[(3, 1), (3, 1), (3, 7)]);
+        tear(dir.path(), records[4]);
+        let before = fs::read(segment::segment_path(dir.path(), 1)).unwrap();
+        match recover(dir.path(), SEGMENT_BYTES, Persisted::default()) {
+            Err(RecoverError::Store(StoreError::Corrupt { position: Some(5), .. })) => {}
+            Err(RecoverError::Store(err)) => panic!("expected Corrupt at 5, got {err}"),
+            Err(RecoverError::Untrusted(why)) => panic!("expected Corrupt at 5, got {why}"),
+            Ok(index) => panic!("expected Corrupt at 5, recovered to {}", index.head),
+        }
+        assert_eq!(fs::read(segment::segment_path(dir.path(), 1)).unwrap(), before, "nothing was cut");
     }
 }

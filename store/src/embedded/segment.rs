@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::chain::{decode_canonical, encode_canonical, EnvelopeRef};
@@ -24,7 +25,8 @@ const SEGMENT_SUFFIX: &str = ".seg";
 pub(crate) struct Trailer {
     pub prev_hash: [u8; 32],
     pub hash: [u8; 32],
-    /// First position written by the same group commit (one write + one fdatasync).
+    /// "Batch first position": every position before it was durable when this record was
+    /// written (the first position of its group commit unless commits overlapped).
     pub batch_first: Position,
     /// First position of the append this event belongs to.
     pub append_first: Position,
@@ -154,11 +156,26 @@ pub(crate) fn list_segments(log_dir: &Path) -> io::Result<Vec<(Position, PathBuf
     Ok(out)
 }
 
+/// Zeros written per call when a segment is preallocated.
+const ZERO_FILL_CHUNK: usize = 1024 * 1024;
+
 /// Creates and preallocates a new segment, durably (file and directory entry).
+///
+/// The segment is filled with written zeros, not extended sparsely (`set_len`) or with
+/// `fallocate`: records then overwrite blocks that are already allocated and initialised,
+/// so the `fdatasync` of a group commit flushes data only, with no block allocation or
+/// unwritten-extent conversion to commit to the filesystem journal (on ext4 that halves
+/// its cost: about 120 µs instead of 220 µs on the benchmark machine).
 pub(crate) fn create_segment(log_dir: &Path, first_position: Position, segment_bytes: u64) -> io::Result<File> {
     let file =
         OpenOptions::new().read(true).write(true).create_new(true).open(segment_path(log_dir, first_position))?;
-    file.set_len(segment_bytes)?;
+    let zeros = vec![0u8; ZERO_FILL_CHUNK];
+    let mut at = 0u64;
+    while at < segment_bytes {
+        let n = usize::try_from(segment_bytes - at).map_or(ZERO_FILL_CHUNK, |left| left.min(ZERO_FILL_CHUNK));
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
     file.sync_all()?;
     sync_dir(log_dir)?;
     Ok(file)
