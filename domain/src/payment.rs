@@ -389,6 +389,44 @@ impl std::fmt::Display for PaymentStatus {
     }
 }
 
+/// The facts a payment's status is derived from: the one place the status
+/// rule lives (read models that keep their own copy of these facts use it too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusFacts {
+    pub declined: bool,
+    pub voided: bool,
+    pub review_pending: bool,
+    pub authorized: bool,
+    pub expired: bool,
+    pub amount_capturable: i64,
+    pub amount_captured: i64,
+    pub amount_refunded: i64,
+}
+
+impl StatusFacts {
+    pub fn status(self) -> PaymentStatus {
+        if self.declined {
+            PaymentStatus::Declined
+        } else if self.voided {
+            PaymentStatus::Voided
+        } else if self.review_pending {
+            PaymentStatus::RequiresReview
+        } else if !self.authorized {
+            PaymentStatus::Pending
+        } else if self.amount_captured > 0 {
+            if self.amount_refunded == self.amount_captured && self.amount_capturable == 0 {
+                PaymentStatus::Refunded
+            } else {
+                PaymentStatus::Captured
+            }
+        } else if self.expired {
+            PaymentStatus::Expired
+        } else {
+            PaymentStatus::Authorized
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReviewState {
@@ -471,25 +509,17 @@ pub struct Payment {
 
 impl Payment {
     pub fn status(&self) -> PaymentStatus {
-        if self.decline_code.is_some() {
-            PaymentStatus::Declined
-        } else if self.voided {
-            PaymentStatus::Voided
-        } else if self.review == ReviewState::Pending {
-            PaymentStatus::RequiresReview
-        } else if self.authorization.is_none() {
-            PaymentStatus::Pending
-        } else if self.amount_captured > 0 {
-            if self.amount_refunded == self.amount_captured && self.amount_capturable == 0 {
-                PaymentStatus::Refunded
-            } else {
-                PaymentStatus::Captured
-            }
-        } else if self.expired {
-            PaymentStatus::Expired
-        } else {
-            PaymentStatus::Authorized
+        StatusFacts {
+            declined: self.decline_code.is_some(),
+            voided: self.voided,
+            review_pending: self.review == ReviewState::Pending,
+            authorized: self.authorization.is_some(),
+            expired: self.expired,
+            amount_capturable: self.amount_capturable,
+            amount_captured: self.amount_captured,
+            amount_refunded: self.amount_refunded,
         }
+        .status()
     }
 
     pub fn money(&self, amount_minor: i64) -> Money {

@@ -183,25 +183,17 @@ fn flag(b: u8) -> Option<bool> {
 impl PaymentSummary {
     /// The same rule as `Payment::status` in the domain.
     fn derive_status(&self) -> PaymentStatus {
-        if self.decline_code.is_some() {
-            PaymentStatus::Declined
-        } else if self.voided {
-            PaymentStatus::Voided
-        } else if self.review == ReviewState::Pending {
-            PaymentStatus::RequiresReview
-        } else if !self.authorized {
-            PaymentStatus::Pending
-        } else if self.amount_captured_minor > 0 {
-            if self.amount_refunded_minor == self.amount_captured_minor && self.amount_capturable_minor == 0 {
-                PaymentStatus::Refunded
-            } else {
-                PaymentStatus::Captured
-            }
-        } else if self.expired {
-            PaymentStatus::Expired
-        } else {
-            PaymentStatus::Authorized
+        paystream_domain::payment::StatusFacts {
+            declined: self.decline_code.is_some(),
+            voided: self.voided,
+            review_pending: self.review == ReviewState::Pending,
+            authorized: self.authorized,
+            expired: self.expired,
+            amount_capturable: self.amount_capturable_minor,
+            amount_captured: self.amount_captured_minor,
+            amount_refunded: self.amount_refunded_minor,
         }
+        .status()
     }
 
     fn initiated(payment_id: PaymentId, event: &PaymentEvent) -> Option<PaymentSummary> {
