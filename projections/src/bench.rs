@@ -30,8 +30,31 @@ pub struct RebuildBenchReport {
     pub fill_elapsed: Duration,
     /// Rebuild of all projections together (one read and decode, four models).
     pub rebuild_all_elapsed: Duration,
-    /// Each projection rebuilt alone, when asked for.
-    pub per_projection: Vec<(ProjectionName, Duration)>,
+    /// CPU time (user + system, all threads) the process spent in that rebuild: less
+    /// sensitive than wall time to other work on the machine.
+    pub rebuild_all_cpu: Option<Duration>,
+    /// Each projection rebuilt alone, when asked for (wall time, CPU time).
+    pub per_projection: Vec<(ProjectionName, Duration, Option<Duration>)>,
+}
+
+/// CPU time this process has used so far (Linux: `/proc/self/stat`, in clock ticks of
+/// 1/100 s), or `None` where that is not available.
+pub fn process_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+fn cpu_cell(cpu: Option<Duration>) -> String {
+    cpu.map_or_else(|| "n/a".to_string(), |d| format!("{:.2}", d.as_secs_f64()))
+}
+
+fn cpu_since(before: Option<Duration>) -> Option<Duration> {
+    Some(process_cpu_time()?.saturating_sub(before?))
 }
 
 fn per_sec(n: u64, d: Duration) -> f64 {
@@ -46,11 +69,11 @@ impl RebuildBenchReport {
 
 impl fmt::Display for RebuildBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "| workload | events | seconds | events/s |")?;
-        writeln!(f, "|---|---:|---:|---:|")?;
+        writeln!(f, "| workload | events | seconds | events/s | CPU seconds |")?;
+        writeln!(f, "|---|---:|---:|---:|---:|")?;
         writeln!(
             f,
-            "| fill: {} payments through `append` ({FILL_WRITERS} concurrent writers) | {} | {:.2} | {:.0} |",
+            "| fill: {} payments through `append` ({FILL_WRITERS} concurrent writers) | {} | {:.2} | {:.0} | |",
             self.payments,
             self.events,
             self.fill_elapsed.as_secs_f64(),
@@ -58,18 +81,20 @@ impl fmt::Display for RebuildBenchReport {
         )?;
         write!(
             f,
-            "| full rebuild, all 4 projections together | {} | {:.2} | {:.0} |",
+            "| full rebuild, all 4 projections together | {} | {:.2} | {:.0} | {} |",
             self.events,
             self.rebuild_all_elapsed.as_secs_f64(),
-            self.rebuild_all_events_per_sec()
+            self.rebuild_all_events_per_sec(),
+            cpu_cell(self.rebuild_all_cpu)
         )?;
-        for (name, elapsed) in &self.per_projection {
+        for (name, elapsed, cpu) in &self.per_projection {
             write!(
                 f,
-                "\n| full rebuild, `{name}` alone | {} | {:.2} | {:.0} |",
+                "\n| full rebuild, `{name}` alone | {} | {:.2} | {:.0} | {} |",
                 self.events,
                 elapsed.as_secs_f64(),
-                per_sec(self.events, *elapsed)
+                per_sec(self.events, *elapsed),
+                cpu_cell(*cpu)
             )?;
         }
         Ok(())
@@ -146,18 +171,19 @@ pub async fn run_rebuild_bench(
     let db = tokio::task::block_in_place(|| open_db(&dir.join("projections")))?;
     let config = ProjectorConfig { rebuild_batch_events, ..ProjectorConfig::default() };
     let projections = Projections::open(db, store.clone(), config)?;
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), process_cpu_time());
     let report = projections.replay(&ProjectionName::ALL).await?;
     let rebuild_all_elapsed = started.elapsed();
+    let rebuild_all_cpu = cpu_since(cpu);
     debug_assert_eq!(report.events, events);
     let mut per = Vec::new();
     if per_projection {
         for name in ProjectionName::ALL {
-            let started = Instant::now();
+            let (started, cpu) = (Instant::now(), process_cpu_time());
             projections.rebuild(&[name]).await?;
-            per.push((name, started.elapsed()));
+            per.push((name, started.elapsed(), cpu_since(cpu)));
         }
     }
     store.close().await?;
-    Ok(RebuildBenchReport { events, payments, fill_elapsed, rebuild_all_elapsed, per_projection: per })
+    Ok(RebuildBenchReport { events, payments, fill_elapsed, rebuild_all_elapsed, rebuild_all_cpu, per_projection: per })
 }

@@ -180,6 +180,11 @@ impl<'a> Reader<'a> {
         keys::uuid_from(self.take(16)?)
     }
 
+    /// 16 bytes as they are (no length prefix).
+    pub(crate) fn array16(&mut self) -> Option<[u8; 16]> {
+        self.take(16)?.try_into().ok()
+    }
+
     pub(crate) fn currency(&mut self) -> Option<Currency> {
         keys::parse_currency(self.take(3)?)
     }

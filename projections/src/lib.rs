@@ -23,6 +23,7 @@
 //! `store`, never on `commands` or `api`.
 
 pub mod bench;
+mod buckets;
 mod codec;
 mod counters;
 mod csv;

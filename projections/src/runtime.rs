@@ -556,19 +556,49 @@ impl Projections {
             target.set.assume_empty_tree();
             targets.push(target);
         }
-        // Phase 1: from position 1 to the head, while the follower keeps the current versions.
+        // Phase 1: from position 1 to the head, while the follower keeps the current
+        // versions. Each projection applies on its own thread at its own pace (a long
+        // flush of one does not hold the others back); the reader's decoded batches are
+        // shared by all of them.
         let mut events = 0u64;
         let (mut batches, reader) =
             spawn_reader(inner, 1, false, inner.config.rebuild_batch_events.min(REBUILD_READ_EVENTS));
-        while let Some(batch) = batches.recv().await {
+        let mut feeds = Vec::with_capacity(claimed.len());
+        let mut workers = Vec::with_capacity(claimed.len());
+        for ((name, version, _), target) in claimed.iter().zip(targets) {
+            let (feed, fed) = mpsc::channel(REBUILD_PIPELINE_DEPTH);
+            feeds.push(feed);
+            let (inner, name, version) = (Arc::clone(inner), *name, *version);
+            workers.push(tokio::task::spawn_blocking(move || rebuild_worker(&inner, name, version, target, fed)));
+        }
+        'feed: while let Some(batch) = batches.recv().await {
             events += batch.len() as u64;
-            targets = apply_parallel(targets, batch).await?;
-            for ((name, version, _), target) in claimed.iter().zip(&targets) {
-                self.slot(*name).set_state(SlotState::Rebuilding { version: *version, checkpoint: target.checkpoint });
+            for feed in &feeds {
+                if feed.send(Arc::clone(&batch)).await.is_err() {
+                    break 'feed; // that worker failed: its error is collected below
+                }
             }
         }
-        join_reader(reader).await?;
-        targets = each_parallel(targets, Target::flush).await?;
+        drop((feeds, batches));
+        let mut targets = Vec::with_capacity(workers.len());
+        let mut failure = None;
+        for worker in workers {
+            match worker.await.map_err(|e| ProjectionError::Invariant {
+                projection: "runtime",
+                position: 0,
+                detail: e.to_string(),
+            }) {
+                Ok(Ok(target)) => targets.push(target),
+                Ok(Err(error)) | Err(error) => {
+                    failure.get_or_insert(error);
+                }
+            }
+        }
+        let read = join_reader(reader).await;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        read?;
         // Phase 2: per projection, under its write lock, apply what arrived meanwhile and switch.
         let mut last = 0;
         for ((name, version, tree_name_new), mut target) in claimed.iter().zip(targets) {
@@ -671,6 +701,25 @@ impl Projections {
         let slot = self.slot(name);
         slot.model.export_csv(&slot.active().tree, out)
     }
+}
+
+/// One projection's share of a rebuild's first phase: applies every batch fed to it,
+/// then flushes what is left. Runs on a blocking thread.
+fn rebuild_worker(
+    inner: &Inner,
+    name: ProjectionName,
+    version: u64,
+    mut target: Target,
+    mut fed: mpsc::Receiver<Arc<Vec<Decoded>>>,
+) -> Result<Target, ProjectionError> {
+    while let Some(batch) = fed.blocking_recv() {
+        if target.apply(&batch)? {
+            inner.slots[name.index()].set_state(SlotState::Rebuilding { version, checkpoint: target.checkpoint });
+        }
+    }
+    target.flush()?;
+    inner.slots[name.index()].set_state(SlotState::Rebuilding { version, checkpoint: target.checkpoint });
+    Ok(target)
 }
 
 fn per_sec(n: u64, elapsed: Duration) -> u64 {

@@ -2,11 +2,14 @@
 //! indexes in sled key order so a page is a short range scan, newest first.
 //!
 //! Tree layout (`projection/payment_search/v<N>`), where `<desc id>` is the payment
-//! uuid with every bit inverted, so ascending keys are descending ids:
+//! uuid with every bit inverted, so ascending keys are descending ids. Both maps are
+//! kept in buckets of [`crate::buckets`] (one sled key per bucket of up to
+//! [`SUMMARIES_PER_BUCKET`] or [`INDEX_ENTRIES_PER_BUCKET`] members, keyed by the
+//! largest `<desc id>` it holds), because a new sled key per payment made rebuilds slow:
 //!
 //! ```text
-//! s<desc id>                   PaymentSummary (binary) all payments, newest first
-//! i<merchant uuid><desc id>    (empty)                 one merchant's payments, newest first
+//! s<desc id>                   bucket of PaymentSummary (binary)  all payments, newest first
+//! i<merchant uuid><desc id>    bucket of <desc id>                one merchant's payments, newest first
 //! ```
 //!
 //! Payment ids are UUIDv7 minted when the payment is created: their first 48 bits are
@@ -22,6 +25,7 @@
 //! on the summaries as the range is scanned, at most [`MAX_SCANNED_PER_QUERY`] per page.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 
 use paystream_domain::id::{MerchantId, PaymentId};
 use paystream_domain::method::{CardBrand, MethodSummary};
@@ -32,6 +36,7 @@ use paystream_domain::Currency;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::buckets::{self, BucketSet, Member, MemberKey};
 use crate::codec::{Reader, Writer};
 use crate::counters::METHOD_TYPES;
 use crate::csv::CsvWriter;
@@ -39,7 +44,7 @@ use crate::dashboard::orphan;
 use crate::decode::{Decoded, DomainRecord};
 use crate::error::ProjectionError;
 use crate::keys;
-use crate::model::{ProjectionName, ReadModel, Record, Stage, WorkingSet};
+use crate::model::{ProjectionName, ReadModel, Record, WorkingSet};
 
 /// Largest page.
 pub const MAX_PAGE_SIZE: usize = 100;
@@ -48,6 +53,13 @@ pub const DEFAULT_PAGE_SIZE: usize = 20;
 /// Most index entries one query looks at. A selective filter that matches little
 /// returns a short page with `has_more` and a cursor to continue from.
 pub const MAX_SCANNED_PER_QUERY: usize = 10_000;
+/// Most summaries stored under one key (about 10 KB).
+pub const SUMMARIES_PER_BUCKET: usize = 64;
+/// Most entries of a merchant's index stored under one key (about 4.3 KB).
+pub const INDEX_ENTRIES_PER_BUCKET: usize = 256;
+
+/// Key prefix of the summaries.
+const SUMMARIES: &[u8] = b"s";
 
 const NAME: ProjectionName = ProjectionName::PaymentSearch;
 
@@ -317,8 +329,34 @@ impl PaymentSummary {
     }
 }
 
-fn summary_key(payment: &Uuid) -> Vec<u8> {
-    keys::key(&[b"s", &keys::uuid_desc(payment)])
+impl Member for PaymentSummary {
+    fn member_key(&self) -> MemberKey {
+        keys::uuid_desc(self.id.as_uuid())
+    }
+    fn encode_payload(&self, out: &mut Writer) {
+        out.out.extend_from_slice(&self.encode());
+    }
+    fn decode_payload(key: &MemberKey, payload: &[u8]) -> Option<Self> {
+        PaymentSummary::decode(payload).filter(|s| &keys::uuid_desc(s.id.as_uuid()) == key)
+    }
+}
+
+/// An entry of a merchant's index: the payment's `<desc id>`.
+struct IndexEntry(MemberKey);
+
+impl Member for IndexEntry {
+    fn member_key(&self) -> MemberKey {
+        self.0
+    }
+    fn encode_payload(&self, _: &mut Writer) {}
+    fn decode_payload(key: &MemberKey, payload: &[u8]) -> Option<Self> {
+        payload.is_empty().then_some(IndexEntry(*key))
+    }
+}
+
+/// Key prefix of one merchant's index.
+fn index_prefix(merchant: &Uuid) -> Vec<u8> {
+    keys::key(&[b"i", merchant.as_bytes()])
 }
 
 /// Most a payment id's time may differ from its `created_at` for the range narrowing.
@@ -349,29 +387,31 @@ impl ReadModel for PaymentSearch {
 
     fn schema(&self) -> u32 {
         // 2: summaries in the binary form of `crate::codec` instead of JSON.
-        2
+        // 3: summaries and merchant indexes in buckets (`crate::buckets`).
+        3
     }
 
     fn working_set(&self) -> Box<dyn WorkingSet> {
-        Box::new(SearchSet { summaries: Stage::new(NAME), index: Vec::new() })
+        Box::new(SearchSet {
+            summaries: BucketSet::new(NAME, SUMMARIES_PER_BUCKET),
+            index: BucketSet::new(NAME, INDEX_ENTRIES_PER_BUCKET),
+        })
     }
 
     fn export_csv(&self, tree: &sled::Tree, out: &mut dyn Write) -> Result<(), ProjectionError> {
         let mut csv = CsvWriter::new(out);
         csv.row(CSV_HEADER)?;
-        for item in tree.scan_prefix(b"s") {
-            let (key, value) = item?;
-            csv.row(summary_cells(&decode_summary(&key, &value)?))?;
-        }
-        Ok(())
+        buckets::scan(tree, NAME, SUMMARIES, &[0; 16], |key, payload| {
+            csv.row(summary_cells(&decode_summary(key, payload)?))?;
+            Ok(ControlFlow::Continue(()))
+        })
     }
 }
 
 /// The model's records in memory (see [`WorkingSet`]).
 struct SearchSet {
-    summaries: Stage<PaymentSummary>,
-    /// Index keys (`i...`) added since the last flush.
-    index: Vec<Vec<u8>>,
+    summaries: BucketSet<PaymentSummary>,
+    index: BucketSet<IndexEntry>,
 }
 
 impl WorkingSet for SearchSet {
@@ -379,16 +419,14 @@ impl WorkingSet for SearchSet {
         let SearchSet { summaries, index } = self;
         for decoded in events {
             let DomainRecord::Payment { payment_id, event } = &decoded.record else { continue };
-            let uuid = payment_id.as_uuid();
-            let key = summary_key(uuid);
+            let key = keys::uuid_desc(payment_id.as_uuid());
             if let Some(mut summary) = PaymentSummary::initiated(*payment_id, event) {
                 summary.evolve(event);
-                let merchant = *summary.merchant_id.as_uuid();
-                index.push(keys::key(&[b"i", merchant.as_bytes(), &keys::uuid_desc(uuid)]));
-                summaries.put(key, summary);
+                index.insert(tree, &index_prefix(summary.merchant_id.as_uuid()), IndexEntry(key))?;
+                summaries.insert(tree, SUMMARIES, summary)?;
                 continue;
             }
-            match summaries.get_mut(tree, &key)? {
+            match summaries.get_mut(tree, SUMMARIES, &key)? {
                 Some(summary) => summary.evolve(event),
                 None => return Err(orphan(decoded.position)),
             }
@@ -397,9 +435,7 @@ impl WorkingSet for SearchSet {
     }
 
     fn flush(&mut self, batch: &mut sled::Batch) {
-        for key in self.index.drain(..) {
-            batch.insert(key, &[] as &[u8]);
-        }
+        self.index.flush(batch);
         self.summaries.flush(batch);
     }
 
@@ -409,10 +445,12 @@ impl WorkingSet for SearchSet {
 
     fn evict(&mut self) {
         self.summaries.evict();
+        self.index.evict();
     }
 
     fn assume_empty_tree(&mut self) {
         self.summaries.assume_empty_tree();
+        self.index.assume_empty_tree();
     }
 }
 
@@ -497,8 +535,8 @@ pub fn write_csv(summaries: &[PaymentSummary], out: &mut dyn Write) -> Result<()
     Ok(())
 }
 
-fn decode_summary(key: &[u8], value: &[u8]) -> Result<PaymentSummary, ProjectionError> {
-    PaymentSummary::decode(value).ok_or_else(|| ProjectionError::Corrupt {
+fn decode_summary(key: &MemberKey, payload: &[u8]) -> Result<PaymentSummary, ProjectionError> {
+    PaymentSummary::decode_payload(key, payload).ok_or_else(|| ProjectionError::Corrupt {
         projection: NAME.as_str(),
         key: format!("{key:?}"),
         detail: "summary does not parse".into(),
@@ -507,8 +545,7 @@ fn decode_summary(key: &[u8], value: &[u8]) -> Result<PaymentSummary, Projection
 
 /// One payment by id, if it exists.
 pub fn get(tree: &sled::Tree, payment_id: PaymentId) -> Result<Option<PaymentSummary>, ProjectionError> {
-    let key = summary_key(payment_id.as_uuid());
-    tree.get(&key)?.map(|value| decode_summary(&key, &value)).transpose()
+    buckets::find(tree, NAME, SUMMARIES, &keys::uuid_desc(payment_id.as_uuid()))
 }
 
 /// A search. Every filter is optional; they combine with AND.
@@ -581,68 +618,75 @@ impl SearchQuery {
     }
 }
 
+/// The `<desc id>` right after `key` (`None` past the last one).
+fn successor(key: &MemberKey) -> Option<MemberKey> {
+    u128::from_be_bytes(*key).checked_add(1).map(u128::to_be_bytes)
+}
+
 /// Answers a search from the model in `tree`.
 pub fn search(tree: &sled::Tree, q: &SearchQuery) -> Result<SearchPage, ProjectionError> {
     let limit = q.validate()?;
-    let prefix = match q.merchant_id {
-        Some(merchant) => keys::key(&[b"i", merchant.as_uuid().as_bytes()]),
-        None => b"s".to_vec(),
-    };
-    let mut start = prefix.clone();
-    if let Some(to) = q.created_to {
-        start.extend_from_slice(&desc_time_bound(to, CREATED_AT_MARGIN_MS, 0xff));
-    }
+    let empty = SearchPage { data: Vec::new(), has_more: false, next_cursor: None };
+    // Scanned `<desc id>`s: from `start` (newest wanted) to `last` (oldest wanted), inclusive.
+    let mut start = q.created_to.map_or([0; 16], |to| desc_time_bound(to, CREATED_AT_MARGIN_MS, 0xff));
+    let last = q.created_from.map_or([0xff; 16], |from| desc_time_bound(from, -CREATED_AT_MARGIN_MS, 0));
     if let Some(after) = q.starting_after {
         let cursor = get(tree, after)?
             .filter(|s| q.merchant_id.is_none_or(|m| m == s.merchant_id))
             .ok_or_else(|| ProjectionError::invalid("starting_after", "no such payment"))?;
-        let mut after_key = keys::key(&[&prefix, &keys::uuid_desc(cursor.id.as_uuid())]);
-        after_key.push(0); // strictly after the cursor
-        start = start.max(after_key);
+        match successor(&keys::uuid_desc(cursor.id.as_uuid())) {
+            Some(next) => start = start.max(next),
+            None => return Ok(empty),
+        }
     }
-    let end = match q.created_from {
-        Some(from) => keys::prefix_end(&keys::key(&[&prefix, &desc_time_bound(from, -CREATED_AT_MARGIN_MS, 0)])),
-        None => keys::prefix_end(&prefix),
+    if start > last {
+        return Ok(empty);
+    }
+    let prefix = match q.merchant_id {
+        Some(merchant) => index_prefix(merchant.as_uuid()),
+        None => SUMMARIES.to_vec(),
     };
     let mut data = Vec::with_capacity(limit);
     let mut scanned = 0usize;
     let mut last_scanned = None;
-    if start < end {
-        for item in tree.range(start..end) {
-            let (key, value) = item?;
-            let id =
-                key.get(prefix.len()..).and_then(keys::uuid_from_desc).ok_or_else(|| ProjectionError::Corrupt {
-                    projection: NAME.as_str(),
-                    key: format!("{key:?}"),
-                    detail: "index key".into(),
-                })?;
-            let payment_id = PaymentId::from_uuid(id);
-            if scanned == MAX_SCANNED_PER_QUERY {
-                // Bound reached with entries left: continue after the last one looked at.
-                return Ok(SearchPage { data, has_more: true, next_cursor: last_scanned });
-            }
-            scanned += 1;
-            let summary = if q.merchant_id.is_some() {
-                match get(tree, payment_id)? {
-                    Some(summary) => summary,
-                    None => continue,
-                }
-            } else {
-                decode_summary(&key, &value)?
-            };
-            if !q.matches(&summary) {
-                last_scanned = Some(payment_id);
-                continue;
-            }
-            if data.len() == limit {
-                let next_cursor = data.last().map(|s: &PaymentSummary| s.id);
-                return Ok(SearchPage { data, has_more: true, next_cursor });
-            }
-            last_scanned = Some(payment_id);
-            data.push(summary);
+    let mut more = false;
+    buckets::scan(tree, NAME, &prefix, &start, |key, payload| {
+        if key > &last {
+            return Ok(ControlFlow::Break(()));
         }
-    }
-    Ok(SearchPage { data, has_more: false, next_cursor: None })
+        let payment_id = keys::uuid_from_desc(key).map(PaymentId::from_uuid).ok_or_else(|| {
+            ProjectionError::Corrupt { projection: NAME.as_str(), key: format!("{key:?}"), detail: "member key".into() }
+        })?;
+        if scanned == MAX_SCANNED_PER_QUERY {
+            // Bound reached with entries left: continue after the last one looked at.
+            more = true;
+            return Ok(ControlFlow::Break(()));
+        }
+        scanned += 1;
+        let summary = match q.merchant_id {
+            Some(_) => match get(tree, payment_id)? {
+                Some(summary) => summary,
+                None => return Ok(ControlFlow::Continue(())),
+            },
+            None => decode_summary(key, payload)?,
+        };
+        if !q.matches(&summary) {
+            last_scanned = Some(payment_id);
+            return Ok(ControlFlow::Continue(()));
+        }
+        if data.len() == limit {
+            more = true;
+            last_scanned = data.last().map(|s: &PaymentSummary| s.id);
+            return Ok(ControlFlow::Break(()));
+        }
+        last_scanned = Some(payment_id);
+        data.push(summary);
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(match more {
+        true => SearchPage { data, has_more: true, next_cursor: last_scanned },
+        false => SearchPage { data, has_more: false, next_cursor: None },
+    })
 }
 
 #[cfg(test)]
@@ -673,5 +717,86 @@ mod tests {
         }
         assert!(statuses.len() >= 5, "{statuses:?}");
         assert_eq!(PaymentSummary::decode(b"{}"), None);
+    }
+
+    /// With thousands of payments (many buckets, split while payments arrive out of id
+    /// order), every page of every search equals the same search done by brute force
+    /// over the summaries, and each summary is found by id.
+    #[test]
+    fn bucketed_search_equals_brute_force() {
+        let options =
+            SimOptions { seed: 11, merchants: 7, refund_percent: 30, dispute_percent: 10, ..SimOptions::default() };
+        let (mut sim, _) = Simulator::new(options).unwrap();
+        let mut flows = Vec::new();
+        for _ in 0..3_000 {
+            flows.push(sim.next_payment().unwrap());
+        }
+        // Out of id order: each run of 10 payments in reverse.
+        for chunk in flows.chunks_mut(10) {
+            chunk.reverse();
+        }
+        let mut decoded = Vec::new();
+        let mut expected: Vec<PaymentSummary> = Vec::new();
+        for flow in &flows {
+            let mut summary: Option<PaymentSummary> = None;
+            for event in &flow.events {
+                let position = decoded.len() as u64 + 1;
+                decoded.push(Decoded {
+                    position,
+                    record: DomainRecord::Payment { payment_id: flow.payment_id, event: event.clone() },
+                });
+                match summary.as_mut() {
+                    Some(s) => s.evolve(event),
+                    None => {
+                        let mut s = PaymentSummary::initiated(flow.payment_id, event).unwrap();
+                        s.evolve(event);
+                        summary = Some(s);
+                    }
+                }
+            }
+            expected.extend(summary);
+        }
+        expected.sort_by(|a, b| b.id.as_uuid().cmp(a.id.as_uuid()));
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("search").unwrap();
+        for batch in decoded.chunks(500) {
+            let mut writes = sled::Batch::default();
+            PaymentSearch.apply(&tree, batch, &mut writes).unwrap();
+            tree.apply_batch(writes).unwrap();
+        }
+        assert!(tree.len() > 3_000 / SUMMARIES_PER_BUCKET, "{} keys", tree.len());
+        assert!(tree.len() < 3_000 / 8, "{} keys", tree.len());
+        for s in expected.iter().step_by(7) {
+            assert_eq!(get(&tree, s.id).unwrap().as_ref(), Some(s));
+        }
+        let merchant = expected[0].merchant_id;
+        let mid = expected[expected.len() / 2].created_at;
+        let queries = [
+            SearchQuery { limit: Some(100), ..Default::default() },
+            SearchQuery { merchant_id: Some(merchant), limit: Some(37), ..Default::default() },
+            SearchQuery { status: Some(PaymentStatus::Refunded), limit: Some(9), ..Default::default() },
+            SearchQuery { merchant_id: Some(merchant), created_to: Some(mid), limit: Some(50), ..Default::default() },
+            SearchQuery {
+                created_from: Some(mid),
+                min_amount_minor: Some(5_000),
+                limit: Some(100),
+                ..Default::default()
+            },
+        ];
+        for query in queries {
+            let want: Vec<&PaymentSummary> = expected.iter().filter(|s| query.matches(s)).collect();
+            assert!(!want.is_empty(), "{query:?}");
+            let mut got = Vec::new();
+            let mut q = query.clone();
+            loop {
+                let page = search(&tree, &q).unwrap();
+                got.extend(page.data);
+                if !page.has_more {
+                    break;
+                }
+                q.starting_after = page.next_cursor;
+            }
+            assert_eq!(got.iter().collect::<Vec<_>>(), want, "{query:?}");
+        }
     }
 }
