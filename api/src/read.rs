@@ -17,7 +17,7 @@ use paystream_domain::time::Timestamp;
 use paystream_domain::Currency;
 use paystream_projections::dashboard::DashboardQuery;
 use paystream_projections::overview::{Dimension, OverviewQuery};
-use paystream_projections::search::SearchQuery;
+use paystream_projections::search::{write_csv, SearchPage, SearchQuery};
 use paystream_projections::{Lagging, ProjectionError, ProjectionName};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -30,6 +30,8 @@ const ANALYSTS: &[Role] = &[Role::Admin, Role::Analyst];
 const DASHBOARD_READERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Merchant];
 const SEARCHERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Auditor, Role::Merchant];
 const JOURNAL_READERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Auditor];
+/// Carries the `next_cursor` of a CSV page of search results.
+pub const NEXT_CURSOR_HEADER: &str = "paystream-next-cursor";
 /// Default dashboard / overview window when `from` is not given, in days.
 const DEFAULT_WINDOW_DAYS: i64 = 30;
 
@@ -96,13 +98,26 @@ impl Params {
         self.text(name).map(|v| parse_date(v).ok_or_else(|| bad_date(name))).transpose()
     }
 
-    /// A timestamp: RFC 3339, or a date meaning the start of that UTC day.
+    /// The start of a time range: RFC 3339, or a date meaning the start of that UTC day.
     fn instant(&self, name: &'static str) -> Result<Option<Timestamp>, ApiError> {
+        self.instant_or_day(name, 0)
+    }
+
+    /// The (exclusive) end of a time range: RFC 3339, or a date meaning the end of that
+    /// UTC day, so that `from=D&to=D` is the whole of day D, as on the dashboards.
+    fn end_instant(&self, name: &'static str) -> Result<Option<Timestamp>, ApiError> {
+        self.instant_or_day(name, 1)
+    }
+
+    fn instant_or_day(&self, name: &'static str, days_after: i64) -> Result<Option<Timestamp>, ApiError> {
         self.text(name)
             .map(|v| {
                 Timestamp::parse_rfc3339(v)
                     .ok()
-                    .or_else(|| parse_date(v).map(|d| Timestamp::from_datetime(d.midnight().assume_utc())))
+                    .or_else(|| {
+                        let day = parse_date(v)?.checked_add(time::Duration::days(days_after))?;
+                        Some(Timestamp::from_datetime(day.midnight().assume_utc()))
+                    })
                     .ok_or_else(|| bad_date(name))
             })
             .transpose()
@@ -223,26 +238,36 @@ fn merchant_id(raw: &str) -> Result<MerchantId, ApiError> {
 
 // ---------------------------------------------------------------- handlers
 
-pub async fn projections_status(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+pub async fn projections_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(raw): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     caller.require(ANALYSTS)?;
+    Params::new(raw, &[])?;
     let status = state.projections.status().await?;
-    Ok(axum::Json(json!({"object": "list", "data": status})).into_response())
+    respond(&headers, &json!({"object": "list", "data": status}), |v| array(v, "data"))
 }
 
 pub async fn rebuild_projection(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(raw): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
     let name: ProjectionName = name.parse().map_err(|_| ApiError::not_found("projection"))?;
-    let projections = state.projections.clone();
+    Params::new(raw, &[])?;
     // The rebuild runs in the background; queries answer from the current
-    // version until the new one has caught up and is switched in.
+    // version until the new one has caught up and is switched in. A second
+    // request while it runs is refused (409 already_rebuilding).
+    let rebuild = state.projections.start_rebuild(&[name])?;
     tokio::spawn(async move {
-        match projections.rebuild(&[name]).await {
-            Ok(report) => tracing::info!(projection = %name, events = report.events, "rebuild finished"),
-            Err(error) => tracing::error!(projection = %name, %error, "rebuild failed"),
+        match rebuild.await {
+            Ok(Ok(report)) => tracing::info!(projection = %name, events = report.events, "rebuild finished"),
+            Ok(Err(error)) => tracing::error!(projection = %name, %error, "rebuild failed"),
+            Err(error) => tracing::error!(projection = %name, %error, "rebuild task failed"),
         }
     });
     let status = state.projections.status().await?;
@@ -319,7 +344,7 @@ pub async fn search_payments(
         method_type: params.text("method").map(str::to_string),
         currency: params.parse("currency", "an ISO 4217 code")?,
         created_from: params.instant("from")?,
-        created_to: params.instant("to")?,
+        created_to: params.end_instant("to")?,
         min_amount_minor: params.parse("min_amount", "an integer amount in minor units")?,
         max_amount_minor: params.parse("max_amount", "an integer amount in minor units")?,
         customer_id,
@@ -335,9 +360,27 @@ pub async fn search_payments(
     };
     wait(&state, &[ProjectionName::PaymentSearch], &params).await?;
     let page = state.projections.search_payments(&query)?;
+    if wants_csv(&headers) {
+        return search_csv(&page);
+    }
     let mut body = serde_json::to_value(&page).map_err(|_| ApiError::internal())?;
     body["object"] = json!("list");
     respond(&headers, &body, |v| array(v, "data"))
+}
+
+/// A page of search results as CSV, columns in the order of
+/// [`paystream_projections::search::CSV_HEADER`]; the cursor of the next page, if
+/// any, travels in the `Paystream-Next-Cursor` header.
+fn search_csv(page: &SearchPage) -> Result<Response, ApiError> {
+    let mut csv = Vec::new();
+    write_csv(&page.data, &mut csv)?;
+    let mut response = ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response();
+    if let Some(cursor) = page.next_cursor.filter(|_| page.has_more) {
+        if let Ok(value) = header::HeaderValue::from_str(&cursor.to_string()) {
+            response.headers_mut().insert(NEXT_CURSOR_HEADER, value);
+        }
+    }
+    Ok(response)
 }
 
 pub async fn analytics_overview(

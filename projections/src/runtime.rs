@@ -237,6 +237,12 @@ impl Slot {
     }
 }
 
+/// Projections marked as rebuilding, each with its new version and tree name.
+struct Claim {
+    names: Vec<ProjectionName>,
+    claimed: Vec<(ProjectionName, u64, String)>,
+}
+
 /// A model, the tree it writes, the last position stored in that tree, and the model's
 /// [`WorkingSet`]: events are applied to the set, and every `flush_every` events (and
 /// on [`Target::flush`]) its changes go to the tree in one atomic write together with
@@ -367,6 +373,12 @@ impl Projections {
                 }
                 None => 1,
             };
+            if stored.is_none_or(|m| m.version != version) {
+                // A new version starts empty: drop what an interrupted rebuild may have
+                // left under its name (older layout, a checkpoint of its own) before
+                // recording it as active.
+                db.drop_tree(tree_name(name, version).as_bytes())?;
+            }
             let record = Meta { version, schema: model.schema() };
             if stored != Some(record) {
                 meta.insert(name.as_str(), serde_json::to_vec(&record).unwrap_or_default())?;
@@ -490,6 +502,24 @@ impl Projections {
     /// from the current version meanwhile. Without a running follower this is the
     /// offline replay. Runs until done: spawn it to run it in the background.
     pub async fn rebuild(&self, names: &[ProjectionName]) -> Result<RebuildReport, ProjectionError> {
+        let claim = self.claim(names)?;
+        self.run_claim(claim).await
+    }
+
+    /// Starts a rebuild in the background (see [`Projections::rebuild`]). Refuses at
+    /// once, with [`ProjectionError::AlreadyRebuilding`], when one of `names` is already
+    /// rebuilding; otherwise the rebuild is under way when this returns.
+    pub fn start_rebuild(
+        &self,
+        names: &[ProjectionName],
+    ) -> Result<JoinHandle<Result<RebuildReport, ProjectionError>>, ProjectionError> {
+        let claim = self.claim(names)?;
+        let this = self.clone();
+        Ok(tokio::spawn(async move { this.run_claim(claim).await }))
+    }
+
+    /// Marks `names` as rebuilding into their next version.
+    fn claim(&self, names: &[ProjectionName]) -> Result<Claim, ProjectionError> {
         let mut names: Vec<ProjectionName> = names.to_vec();
         names.sort();
         names.dedup();
@@ -506,6 +536,11 @@ impl Projections {
             *state = SlotState::Rebuilding { version, checkpoint: 0 };
             claimed.push((name, version, tree_name(name, version)));
         }
+        Ok(Claim { names, claimed })
+    }
+
+    async fn run_claim(&self, claim: Claim) -> Result<RebuildReport, ProjectionError> {
+        let Claim { names, claimed } = claim;
         let started = Instant::now();
         let result = self.rebuild_claimed(&claimed).await;
         match result {

@@ -606,7 +606,7 @@ impl SearchQuery {
         }
         if let Some(method) = &self.method_type {
             if !METHOD_TYPES.contains(&method.as_str()) {
-                return Err(ProjectionError::invalid("method_type", format!("must be one of {METHOD_TYPES:?}")));
+                return Err(ProjectionError::invalid("method", format!("must be one of {METHOD_TYPES:?}")));
             }
         }
         if let (Some(min), Some(max)) = (self.min_amount_minor, self.max_amount_minor) {

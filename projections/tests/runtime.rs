@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use paystream_projections::sim::{SimOptions, Simulator};
-use paystream_projections::{ProjectionName, ProjectionState};
+use paystream_projections::{ProjectionError, ProjectionName, ProjectionState};
 use paystream_store::EventStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,4 +183,72 @@ async fn rebuild_gives_the_same_bytes_whatever_the_flush_interval() {
         often.replay(&[]).await.unwrap();
         assert_same(&snapshot(&once), &snapshot(&often));
     }
+}
+
+/// A rebuild request for a projection already rebuilding is refused at once (the
+/// HTTP API answers 409), claims nothing, and the running rebuild completes.
+#[tokio::test(flavor = "current_thread")]
+async fn a_second_rebuild_of_a_rebuilding_projection_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let (mut sim, merchants) = Simulator::new(SimOptions { seed: 5, ..SimOptions::default() }).unwrap();
+    for (stream, events) in merchants {
+        let encoded = events.iter().map(paystream_projections::sim::encode).collect();
+        store.append(&stream, paystream_store::ExpectedVersion::NoStream, encoded).await.unwrap();
+    }
+    append_payments(&store, &mut sim, 50).await;
+    let projections = open_projections(dir.path(), "p", &store);
+    // On a current-thread runtime the spawned rebuild cannot start before we await.
+    let first = projections.start_rebuild(&[ProjectionName::Ledger]).unwrap();
+    let second = projections.start_rebuild(&[ProjectionName::PaymentSearch, ProjectionName::Ledger]);
+    assert!(matches!(second, Err(ProjectionError::AlreadyRebuilding("ledger"))), "{second:?}");
+    // The refused request left payment_search free to rebuild alongside.
+    let search = projections.start_rebuild(&[ProjectionName::PaymentSearch]).unwrap();
+    assert_eq!(search.await.unwrap().unwrap().versions, vec![2]);
+    assert_eq!(first.await.unwrap().unwrap().versions, vec![2]);
+    let again = projections.start_rebuild(&[ProjectionName::Ledger]).unwrap();
+    assert_eq!(again.await.unwrap().unwrap().versions, vec![3]);
+}
+
+/// When a model's layout changes, its next version starts from an empty tree, even if
+/// an interrupted rebuild left a tree of that version behind (older layout, its own
+/// checkpoint): nothing of it survives the open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_change_never_reuses_a_tree_left_by_an_interrupted_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let (mut sim, merchants) = Simulator::new(SimOptions { seed: 9, ..SimOptions::default() }).unwrap();
+    for (stream, events) in merchants {
+        let encoded = events.iter().map(paystream_projections::sim::encode).collect();
+        store.append(&stream, paystream_store::ExpectedVersion::NoStream, encoded).await.unwrap();
+    }
+    let head = append_payments(&store, &mut sim, 40).await;
+    {
+        let projections = open_projections(dir.path(), "p", &store);
+        projections.replay(&[ProjectionName::PaymentSearch]).await.unwrap();
+        projections.flush().await.unwrap();
+    }
+    // Pretend the stored layout is older and a crashed rebuild left version 3 behind.
+    let db = paystream_projections::open_db(&dir.path().join("p")).unwrap();
+    let meta = db.open_tree("projection/_meta").unwrap();
+    let stored: serde_json::Value = serde_json::from_slice(&meta.get("payment_search").unwrap().unwrap()).unwrap();
+    assert_eq!(stored["version"], 2);
+    let old_schema = stored["schema"].as_u64().unwrap() - 1;
+    meta.insert(
+        "payment_search",
+        serde_json::to_vec(&serde_json::json!({"version": 2, "schema": old_schema})).unwrap(),
+    )
+    .unwrap();
+    let leftover = db.open_tree("projection/payment_search/v3").unwrap();
+    leftover.insert("\0checkpoint", &head.to_be_bytes()).unwrap();
+    leftover.insert("junk of an older layout", b"x").unwrap();
+    db.flush().unwrap();
+    drop((leftover, meta, db));
+
+    let projections = open_projections(dir.path(), "p", &store);
+    assert_eq!(projections.checkpoint(ProjectionName::PaymentSearch), 0);
+    assert!(projections.snapshot(ProjectionName::PaymentSearch).unwrap().is_empty());
+    let status = projections.status().await.unwrap();
+    let search = status.iter().find(|s| s.name == ProjectionName::PaymentSearch).unwrap();
+    assert_eq!((search.version, search.checkpoint, search.lag), (3, 0, head));
 }

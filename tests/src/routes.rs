@@ -22,5 +22,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/payments/{id}/review"),
     ("POST", "/v1/payments/{id}/disputes"),
     ("POST", "/v1/payments/{id}/disputes/{dispute_id}/resolve"),
+    ("GET", "/v1/payments"),
+    ("GET", "/v1/merchants/{id}/dashboard"),
+    ("GET", "/v1/analytics/overview"),
+    ("GET", "/v1/ledger/accounts"),
+    ("GET", "/v1/ledger/trial_balance"),
+    ("GET", "/v1/ledger/journal"),
+    ("GET", "/v1/projections"),
+    ("POST", "/v1/projections/{name}/rebuild"),
     ("GET", "/v1/openapi.json"),
 ];

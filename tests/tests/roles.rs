@@ -3,6 +3,9 @@
 //! log exactly as it was, an accepted command moves it. So analysts and
 //! auditors never change anything: every write they attempt is refused and
 //! leaves the log head where it was, except the analyst's review decision.
+//! Reads over the projections are called with `min_position` set to the
+//! position of the write that made their target, and a payment search
+//! shows a merchant key its own payments only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -13,7 +16,7 @@ use paystream_tests::{assert_error, Client, Server};
 use serde_json::{json, Value};
 
 /// Who calls, in the order of a row's statuses.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Caller {
     Admin,
     /// A merchant key of the merchant that owns the target.
@@ -23,43 +26,73 @@ enum Caller {
     Analyst,
     Auditor,
     NoKey,
+    /// A well-formed bearer token that is no key.
+    BadKey,
 }
 
-const CALLERS: [Caller; 6] =
-    [Caller::Admin, Caller::MerchantOwn, Caller::MerchantOther, Caller::Analyst, Caller::Auditor, Caller::NoKey];
+const CALLERS: [Caller; 7] = [
+    Caller::Admin,
+    Caller::MerchantOwn,
+    Caller::MerchantOther,
+    Caller::Analyst,
+    Caller::Auditor,
+    Caller::NoKey,
+    Caller::BadKey,
+];
+
+/// A token shaped like a key that was never issued.
+const BAD_KEY: &str = "psk_not_a_key_that_was_ever_issued";
 
 struct Row {
     method: &'static str,
     path: &'static str,
     /// Expected status for admin, merchant (own), merchant (other),
-    /// analyst, auditor, no key.
-    expect: [u16; 6],
+    /// analyst, auditor, no key, bad key.
+    expect: [u16; 7],
 }
 
 #[rustfmt::skip]
 const MATRIX: &[Row] = &[
-    //                                                                    admin own  other analyst auditor none
-    Row { method: "GET",    path: "/healthz",                             expect: [200, 200, 200, 200, 200, 200] },
-    Row { method: "POST",   path: "/v1/merchants",                        expect: [201, 403, 403, 403, 403, 401] },
-    Row { method: "GET",    path: "/v1/merchants/{id}",                   expect: [200, 200, 404, 403, 403, 401] },
-    Row { method: "POST",   path: "/v1/merchants/{id}/suspend",           expect: [200, 403, 403, 403, 403, 401] },
-    Row { method: "POST",   path: "/v1/merchants/{id}/reactivate",        expect: [200, 403, 403, 403, 403, 401] },
-    Row { method: "POST",   path: "/v1/merchants/{id}/tier",              expect: [200, 403, 403, 403, 403, 401] },
-    Row { method: "POST",   path: "/v1/merchants/{id}/close",             expect: [200, 403, 403, 403, 403, 401] },
-    Row { method: "POST",   path: "/v1/api_keys",                         expect: [201, 403, 403, 403, 403, 401] },
-    Row { method: "DELETE", path: "/v1/api_keys/{id}",                    expect: [200, 403, 403, 403, 403, 401] },
+    //                                                                    admin own  other analyst auditor none bad
+    Row { method: "GET",    path: "/healthz",                             expect: [200, 200, 200, 200, 200, 200, 200] },
+    Row { method: "POST",   path: "/v1/merchants",                        expect: [201, 403, 403, 403, 403, 401, 401] },
+    Row { method: "GET",    path: "/v1/merchants/{id}",                   expect: [200, 200, 404, 403, 403, 401, 401] },
+    Row { method: "POST",   path: "/v1/merchants/{id}/suspend",           expect: [200, 403, 403, 403, 403, 401, 401] },
+    Row { method: "POST",   path: "/v1/merchants/{id}/reactivate",        expect: [200, 403, 403, 403, 403, 401, 401] },
+    Row { method: "POST",   path: "/v1/merchants/{id}/tier",              expect: [200, 403, 403, 403, 403, 401, 401] },
+    Row { method: "POST",   path: "/v1/merchants/{id}/close",             expect: [200, 403, 403, 403, 403, 401, 401] },
+    Row { method: "POST",   path: "/v1/api_keys",                         expect: [201, 403, 403, 403, 403, 401, 401] },
+    Row { method: "DELETE", path: "/v1/api_keys/{id}",                    expect: [200, 403, 403, 403, 403, 401, 401] },
     // "Other" creates a payment of its own: any merchant may.
-    Row { method: "POST",   path: "/v1/payments",                         expect: [403, 201, 201, 403, 403, 401] },
-    Row { method: "GET",    path: "/v1/payments/{id}",                    expect: [200, 200, 404, 200, 200, 401] },
-    Row { method: "GET",    path: "/v1/payments/{id}/events",             expect: [200, 200, 404, 200, 200, 401] },
-    Row { method: "POST",   path: "/v1/payments/{id}/capture",            expect: [403, 200, 404, 403, 403, 401] },
-    Row { method: "POST",   path: "/v1/payments/{id}/void",               expect: [403, 200, 404, 403, 403, 401] },
-    Row { method: "POST",   path: "/v1/payments/{id}/refunds",            expect: [403, 201, 404, 403, 403, 401] },
-    Row { method: "POST",   path: "/v1/payments/{id}/review",             expect: [200, 403, 403, 200, 403, 401] },
-    Row { method: "POST",   path: "/v1/payments/{id}/disputes",           expect: [201, 403, 403, 403, 403, 401] },
-    Row { method: "POST",   path: "/v1/payments/{id}/disputes/{dispute_id}/resolve", expect: [200, 403, 403, 403, 403, 401] },
-    Row { method: "GET",    path: "/v1/openapi.json",                     expect: [200, 200, 200, 200, 200, 200] },
+    Row { method: "POST",   path: "/v1/payments",                         expect: [403, 201, 201, 403, 403, 401, 401] },
+    Row { method: "GET",    path: "/v1/payments/{id}",                    expect: [200, 200, 404, 200, 200, 401, 401] },
+    Row { method: "GET",    path: "/v1/payments/{id}/events",             expect: [200, 200, 404, 200, 200, 401, 401] },
+    Row { method: "POST",   path: "/v1/payments/{id}/capture",            expect: [403, 200, 404, 403, 403, 401, 401] },
+    Row { method: "POST",   path: "/v1/payments/{id}/void",               expect: [403, 200, 404, 403, 403, 401, 401] },
+    Row { method: "POST",   path: "/v1/payments/{id}/refunds",            expect: [403, 201, 404, 403, 403, 401, 401] },
+    Row { method: "POST",   path: "/v1/payments/{id}/review",             expect: [200, 403, 403, 200, 403, 401, 401] },
+    Row { method: "POST",   path: "/v1/payments/{id}/disputes",           expect: [201, 403, 403, 403, 403, 401, 401] },
+    Row { method: "POST",   path: "/v1/payments/{id}/disputes/{dispute_id}/resolve", expect: [200, 403, 403, 403, 403, 401, 401] },
+    // Search answers every reading role; "other" gets a page of its own
+    // payments only (checked in `check_body`).
+    Row { method: "GET",    path: "/v1/payments",                         expect: [200, 200, 200, 200, 200, 401, 401] },
+    // Another merchant's dashboard does not exist for this key: 404, as
+    // for its merchant object.
+    Row { method: "GET",    path: "/v1/merchants/{id}/dashboard",         expect: [200, 200, 404, 200, 403, 401, 401] },
+    Row { method: "GET",    path: "/v1/analytics/overview",               expect: [200, 403, 403, 200, 403, 401, 401] },
+    Row { method: "GET",    path: "/v1/ledger/accounts",                  expect: [200, 403, 403, 200, 403, 401, 401] },
+    Row { method: "GET",    path: "/v1/ledger/trial_balance",             expect: [200, 403, 403, 200, 403, 401, 401] },
+    Row { method: "GET",    path: "/v1/ledger/journal",                   expect: [200, 403, 403, 200, 200, 401, 401] },
+    Row { method: "GET",    path: "/v1/projections",                      expect: [200, 403, 403, 200, 403, 401, 401] },
+    Row { method: "POST",   path: "/v1/projections/{name}/rebuild",       expect: [202, 403, 403, 403, 403, 401, 401] },
+    Row { method: "GET",    path: "/v1/openapi.json",                     expect: [200, 200, 200, 200, 200, 200, 200] },
 ];
+
+/// Whether a successful call of `row` appends to the log. A rebuild
+/// recomputes a read model from the log and never appends to it.
+fn writes_log(row: &Row) -> bool {
+    row.method != "GET" && row.path != "/v1/projections/{name}/rebuild"
+}
 
 /// The keys that exist for the whole matrix.
 struct World {
@@ -75,6 +108,8 @@ struct Target {
     path: String,
     body: Option<Value>,
     owner: Merchant,
+    /// The owner's payment a search must show to those who may see it.
+    payment: Option<String>,
 }
 
 /// Fresh objects for one cell, in the state where the allowed caller
@@ -85,6 +120,13 @@ fn target(world: &World, row: &Row) -> Target {
     let owner = onboard(&world.server, "Matrix Merchant", "D");
     let merchant_path = format!("/v1/merchants/{}", owner.id);
     let pay = |amount: i64, capture: &str| id_of(&owner.pay(&card_payment(amount, capture)));
+    // A captured payment of the owner, and the query string that waits
+    // until the read models have applied it.
+    let paid = || {
+        let payment = owner.pay(&card_payment(1_000, "automatic"));
+        (id_of(&payment), format!("?min_position={}", payment["position"]))
+    };
+    let mut payment = None;
     let (path, body) = match row.path {
         "/healthz" | "/v1/openapi.json" => (row.path.to_string(), None),
         "/v1/merchants" => (row.path.to_string(), Some(merchant_body("Matrix New", "C"))),
@@ -101,7 +143,7 @@ fn target(world: &World, row: &Row) -> Target {
             let (key_id, _) = issue_key(admin, "merchant", Some(&owner.id));
             (format!("/v1/api_keys/{key_id}"), None)
         }
-        "/v1/payments" => (row.path.to_string(), Some(card_payment(1_000, "manual"))),
+        "/v1/payments" if row.method == "POST" => (row.path.to_string(), Some(card_payment(1_000, "manual"))),
         "/v1/payments/{id}" => (format!("/v1/payments/{}", pay(1_000, "automatic")), None),
         "/v1/payments/{id}/events" => (format!("/v1/payments/{}/events", pay(1_000, "automatic")), None),
         "/v1/payments/{id}/capture" => {
@@ -127,9 +169,20 @@ fn target(world: &World, row: &Row) -> Target {
                 .expect(201);
             (format!("/v1/payments/{id}/disputes/{}/resolve", id_of(&dispute)), Some(json!({"outcome": "won"})))
         }
+        "/v1/payments" => {
+            let (id, wait) = paid();
+            payment = Some(id);
+            (format!("/v1/payments{wait}"), None)
+        }
+        "/v1/merchants/{id}/dashboard" => (format!("{merchant_path}/dashboard{}", paid().1), None),
+        "/v1/analytics/overview" | "/v1/ledger/accounts" | "/v1/ledger/trial_balance" | "/v1/ledger/journal" => {
+            (format!("{}{}", row.path, paid().1), None)
+        }
+        "/v1/projections" => (row.path.to_string(), None),
+        "/v1/projections/{name}/rebuild" => ("/v1/projections/ledger/rebuild".to_string(), None),
         other => panic!("no target for {other}: add one"),
     };
-    Target { path, body, owner }
+    Target { path, body, owner, payment }
 }
 
 fn client_for(world: &World, caller: Caller, target: &Target) -> Client {
@@ -140,6 +193,40 @@ fn client_for(world: &World, caller: Caller, target: &Target) -> Client {
         Caller::Analyst => world.analyst.clone(),
         Caller::Auditor => world.auditor.clone(),
         Caller::NoKey => world.server.anonymous(),
+        Caller::BadKey => world.server.client(BAD_KEY),
+    }
+}
+
+/// What a successful read must show beyond its status: a search holds the
+/// target payment for every caller that may see it and nothing of another
+/// merchant for a merchant key; a dashboard is the target merchant's.
+fn check_body(world: &World, caller: Caller, row: &Row, target: &Target, body: &Value) -> Result<(), String> {
+    match row.path {
+        "/v1/payments" => {
+            let data = body["data"].as_array().ok_or("no data array")?;
+            let ids: Vec<&str> = data.iter().filter_map(|p| p["id"].as_str()).collect();
+            let payment = target.payment.as_deref().ok_or("no target payment")?;
+            let own_merchant = match caller {
+                Caller::MerchantOwn => Some(&target.owner.id),
+                Caller::MerchantOther => Some(&world.other.id),
+                _ => None,
+            };
+            if let Some(merchant) = own_merchant {
+                let foreign: Vec<&Value> = data.iter().filter(|p| p["merchant_id"] != json!(merchant)).collect();
+                if !foreign.is_empty() {
+                    return Err(format!("a merchant key saw other merchants' payments: {foreign:?}"));
+                }
+            }
+            let visible = caller != Caller::MerchantOther;
+            if ids.contains(&payment) != visible {
+                return Err(format!("payment {payment} visible: expected {visible}, page {ids:?}"));
+            }
+            Ok(())
+        }
+        "/v1/merchants/{id}/dashboard" if body["merchant_id"] != json!(target.owner.id) => {
+            Err(format!("dashboard of {} instead of {}", body["merchant_id"], target.owner.id))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -165,7 +252,12 @@ fn every_route_answers_each_role_and_tenant_as_documented() {
                 failures.push(format!("{cell}: expected {expected}, got {} {}", response.status, response.text()));
                 continue;
             }
-            let changes = row.method != "GET" && (200..300).contains(&expected);
+            if (200..300).contains(&expected) && row.method == "GET" {
+                if let Err(wrong) = check_body(&world, *caller, row, &target, &response.json()) {
+                    failures.push(format!("{cell}: {wrong}"));
+                }
+            }
+            let changes = writes_log(row) && (200..300).contains(&expected);
             if changes && after == before {
                 failures.push(format!("{cell}: succeeded but wrote nothing to the log"));
             }
