@@ -215,6 +215,19 @@ impl<M: Member> BucketSet<M> {
         Ok(())
     }
 
+    /// The member with key `member`, for reading.
+    pub(crate) fn get(
+        &mut self,
+        tree: &sled::Tree,
+        prefix: &[u8],
+        member: &MemberKey,
+    ) -> Result<Option<&M>, ProjectionError> {
+        let Some(bucket_key) = self.locate(tree, prefix, member)? else { return Ok(None) };
+        let vanished = self.vanished();
+        let held = self.held.get(&bucket_key).ok_or(vanished)?;
+        Ok(held.members.binary_search_by(|m| m.member_key().cmp(member)).ok().and_then(|i| held.members.get(i)))
+    }
+
     /// The member with key `member`, for changing (its bucket is then written back).
     pub(crate) fn get_mut(
         &mut self,

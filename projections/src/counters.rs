@@ -13,6 +13,8 @@ use paystream_domain::Currency;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::buckets::{BucketSet, Member, MemberKey};
+use crate::codec::Writer;
 use crate::keys;
 use crate::model::Record;
 
@@ -278,52 +280,38 @@ impl Record for PaymentRef {
     }
 }
 
-/// Payment refs, grouped in buckets of the payment id's first 36 bits. Payment ids are
-/// UUIDv7, whose first 48 bits are the creation time in milliseconds, so a bucket holds
-/// the payments created in the same ~4 seconds: one sled key (`p<bucket u64 BE>`) per
-/// bucket instead of one per payment, which keeps rebuilds fast. Other ids still work
-/// (they just spread over more buckets).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct RefBucket(Vec<(Uuid, PaymentRef)>);
+/// Key prefix of the payment refs.
+const REFS: &[u8] = b"p";
+/// Most payment refs stored under one key (about 4.7 KB).
+pub(crate) const REFS_PER_BUCKET: usize = 128;
 
-const REF_ENTRY_BYTES: usize = 16 + 21;
+/// A payment's ref as a member of a bucket ([`crate::buckets`]), keyed by the
+/// inverted payment uuid, so that new payments (UUIDv7, larger ids) fill the first
+/// bucket.
+struct RefEntry(MemberKey, PaymentRef);
 
-impl Record for RefBucket {
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        if !bytes.len().is_multiple_of(REF_ENTRY_BYTES) {
-            return None;
-        }
-        let mut out = Vec::with_capacity(bytes.len() / REF_ENTRY_BYTES);
-        for chunk in bytes.chunks_exact(REF_ENTRY_BYTES) {
-            out.push((keys::uuid_from(&chunk[..16])?, PaymentRef::decode(&chunk[16..])?));
-        }
-        Some(RefBucket(out))
+impl Member for RefEntry {
+    fn member_key(&self) -> MemberKey {
+        self.0
     }
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.0.len() * REF_ENTRY_BYTES);
-        for (id, r) in &self.0 {
-            out.extend_from_slice(id.as_bytes());
-            out.extend_from_slice(&r.encode());
-        }
-        out
+    fn encode_payload(&self, out: &mut Writer) {
+        out.out.extend_from_slice(&self.1.encode());
+    }
+    fn decode_payload(key: &MemberKey, payload: &[u8]) -> Option<Self> {
+        Some(RefEntry(*key, PaymentRef::decode(payload)?))
     }
 }
 
-pub(crate) fn ref_bucket_key(payment: &Uuid) -> Vec<u8> {
-    let mut head = [0u8; 8];
-    head.copy_from_slice(&payment.as_bytes()[..8]);
-    let bucket = u64::from_be_bytes(head) >> 28;
-    keys::key(&[b"p", &bucket.to_be_bytes()])
-}
-
-/// Payment refs, read through from and written back to the tree (a [`crate::model::Stage`]).
+/// Payment refs, read through from and written back to the tree: `p<inverted payment
+/// uuid>` is a bucket of up to [`REFS_PER_BUCKET`] refs (one sled key per bucket
+/// instead of one per payment, which keeps rebuilds fast; see [`crate::buckets`]).
 pub(crate) struct Refs {
-    buckets: crate::model::Stage<RefBucket>,
+    buckets: BucketSet<RefEntry>,
 }
 
 impl Refs {
     pub(crate) fn new(projection: crate::model::ProjectionName) -> Refs {
-        Refs { buckets: crate::model::Stage::new(projection) }
+        Refs { buckets: BucketSet::new(projection, REFS_PER_BUCKET) }
     }
 
     pub(crate) fn get(
@@ -331,8 +319,7 @@ impl Refs {
         tree: &sled::Tree,
         payment: &Uuid,
     ) -> Result<Option<PaymentRef>, crate::error::ProjectionError> {
-        let bucket = self.buckets.get(tree, &ref_bucket_key(payment))?;
-        Ok(bucket.and_then(|b| b.0.binary_search_by(|(id, _)| id.cmp(payment)).ok().map(|i| b.0[i].1)))
+        Ok(self.buckets.get(tree, REFS, &keys::uuid_desc(payment))?.map(|entry| entry.1))
     }
 
     pub(crate) fn put(
@@ -341,12 +328,7 @@ impl Refs {
         payment: Uuid,
         r: PaymentRef,
     ) -> Result<(), crate::error::ProjectionError> {
-        let bucket = self.buckets.get_mut(tree, &ref_bucket_key(&payment))?.get_or_insert_with(RefBucket::default);
-        match bucket.0.binary_search_by(|(id, _)| id.cmp(&payment)) {
-            Ok(i) => bucket.0[i].1 = r,
-            Err(i) => bucket.0.insert(i, (payment, r)),
-        }
-        Ok(())
+        self.buckets.insert(tree, REFS, RefEntry(keys::uuid_desc(&payment), r))
     }
 
     pub(crate) fn flush(&mut self, batch: &mut sled::Batch) {

@@ -4,7 +4,7 @@
 //! Tree layout (`projection/merchant_dashboard/v<N>`):
 //!
 //! ```text
-//! p<bucket of payment ids>                RefBucket: per payment merchant, currency, method
+//! p<inverted payment uuid>                bucket of PaymentRef: per payment merchant, currency, tier, method
 //! d<merchant uuid><YYYY-MM-DD><currency>   DayRow: Counters and method mix (i64 BE each)
 //! ```
 //!
@@ -83,7 +83,8 @@ impl ReadModel for MerchantDashboard {
     }
 
     fn schema(&self) -> u32 {
-        1
+        // 2: payment refs in buckets of `crate::buckets` instead of time buckets.
+        2
     }
 
     fn working_set(&self) -> Box<dyn WorkingSet> {

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! m<merchant uuid>                                              MerchantInfo (JSON: name, tier)
-//! p<bucket of payment ids>                                     RefBucket: per payment its PaymentRef
+//! p<inverted payment uuid>                                      bucket of PaymentRef (see `crate::counters::Refs`)
 //! o<YYYY-MM-DD><currency><merchant uuid><tier byte><method byte> Counters (i64 BE each)
 //! ```
 //!
@@ -96,7 +96,8 @@ impl ReadModel for PlatformOverview {
     }
 
     fn schema(&self) -> u32 {
-        1
+        // 2: payment refs in buckets of `crate::buckets` instead of time buckets.
+        2
     }
 
     fn working_set(&self) -> Box<dyn WorkingSet> {
