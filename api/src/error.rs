@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use paystream_commands::CommandError;
 use paystream_domain::{DomainError, ErrorKind};
+use paystream_projections::{Lagging, ProjectionError};
 use paystream_store::StoreError;
 use serde_json::json;
 
@@ -101,6 +102,41 @@ impl From<CommandError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         CommandError::Store(error).into()
+    }
+}
+
+/// The read side: a bad query is a 400 naming its parameter, a projection behind
+/// `min_position` past the wait a 503.
+impl From<ProjectionError> for ApiError {
+    fn from(error: ProjectionError) -> ApiError {
+        match error {
+            ProjectionError::InvalidQuery { param, reason } => {
+                ApiError::invalid("invalid_query", format!("{param}: {reason}"), param)
+            }
+            ProjectionError::AlreadyRebuilding(name) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict_error",
+                "already_rebuilding",
+                format!("projection {name} is already rebuilding"),
+            ),
+            other => {
+                tracing::error!(error = %other, "projection query failed");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<Lagging> for ApiError {
+    fn from(lagging: Lagging) -> ApiError {
+        ApiError::unavailable(
+            "projection_lagging",
+            format!(
+                "projection {} has applied position {} but not yet {}; retry shortly",
+                lagging.projection, lagging.checkpoint, lagging.position
+            ),
+        )
+        .with_param("min_position")
     }
 }
 

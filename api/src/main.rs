@@ -62,12 +62,28 @@ impl Args {
     fn data(&self) -> PathBuf {
         PathBuf::from(self.option("data").unwrap_or("./data"))
     }
+
+    /// The data directory of an existing installation: the offline commands
+    /// (`verify`, `replay`, `export`) refuse a directory without an event log
+    /// rather than create an empty one (a mistyped `--data`).
+    fn existing_data(&self) -> Result<PathBuf, BoxError> {
+        let dir = self.data();
+        if !dir.join("log").is_dir() {
+            return Err(format!(
+                "{} holds no event log ({}/log is missing); give --data DIR",
+                dir.display(),
+                dir.display()
+            )
+            .into());
+        }
+        Ok(dir)
+    }
 }
 
 /// The log and the read side, opened offline (the server must not be
 /// running on the same data directory: both lock it).
 async fn open_read_side(args: &Args) -> Result<(Arc<dyn EventStore>, Projections), BoxError> {
-    let dir = args.data();
+    let dir = args.existing_data()?;
     let store_dir = dir.clone();
     let store: Arc<dyn EventStore> =
         Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_dir)).await??);
@@ -91,7 +107,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
         ["verify"] => {
             args.check_known(&["data"])?;
-            let dir = args.data();
+            let dir = args.existing_data()?;
             let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)).await??;
             let report = store.verify(0, None).await?;
             println!("{report}");

@@ -18,7 +18,7 @@ use paystream_domain::Currency;
 use paystream_projections::dashboard::DashboardQuery;
 use paystream_projections::overview::{Dimension, OverviewQuery};
 use paystream_projections::search::{write_csv, SearchPage, SearchQuery};
-use paystream_projections::{Lagging, ProjectionError, ProjectionName};
+use paystream_projections::ProjectionName;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -34,37 +34,6 @@ const JOURNAL_READERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Auditor];
 pub const NEXT_CURSOR_HEADER: &str = "paystream-next-cursor";
 /// Default dashboard / overview window when `from` is not given, in days.
 const DEFAULT_WINDOW_DAYS: i64 = 30;
-
-impl From<ProjectionError> for ApiError {
-    fn from(error: ProjectionError) -> ApiError {
-        match error {
-            ProjectionError::InvalidQuery { param, reason } => ApiError::invalid("invalid_query", reason, param),
-            ProjectionError::AlreadyRebuilding(name) => ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict_error",
-                "already_rebuilding",
-                format!("projection {name} is already rebuilding"),
-            ),
-            other => {
-                tracing::error!(error = %other, "projection query failed");
-                ApiError::internal()
-            }
-        }
-    }
-}
-
-impl From<Lagging> for ApiError {
-    fn from(lagging: Lagging) -> ApiError {
-        ApiError::unavailable(
-            "projection_lagging",
-            format!(
-                "projection {} has applied position {} but not yet {}; retry shortly",
-                lagging.projection, lagging.checkpoint, lagging.position
-            ),
-        )
-        .with_param("min_position")
-    }
-}
 
 /// Query-string parameters, each parsed with a 400 that names it. Unknown
 /// parameters are refused, so a typo never silently widens a query.

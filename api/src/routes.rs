@@ -130,7 +130,7 @@ fn schemas() -> Value {
         "Overview": {"type": "object", "properties": {"rows": {"type": "array", "items": {"type": "object"}}}},
         "LedgerAccounts": {"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object", "properties": {"account": {"type": "string"}, "currency": {"type": "string"}, "debit_minor": {"type": "integer"}, "credit_minor": {"type": "integer"}, "balance_minor": {"type": "integer"}}}}}},
         "TrialBalance": {"type": "object", "properties": {"balanced": {"type": "boolean"}, "currencies": {"type": "array", "items": {"type": "object"}}}},
-        "Journal": {"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}}, "has_more": {"type": "boolean"}}},
+        "Journal": {"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}}, "has_more": {"type": "boolean"}, "next_cursor": {"type": ["integer", "null"], "description": "pass as `after` for the next page"}}},
         "ProjectionList": {"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "checkpoint": {"type": "integer"}, "head": {"type": "integer"}, "lag": {"type": "integer"}, "state": {"type": "string"}}}}}},
         "ProjectionRebuild": {"type": "object"},
     })

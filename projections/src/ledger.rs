@@ -521,12 +521,13 @@ pub fn trial_balance(tree: &sled::Tree) -> Result<TrialBalance, ProjectionError>
     Ok(TrialBalance { balanced: currencies.iter().all(|c| c.balanced), currencies })
 }
 
-/// A page of the journal: entries with position > `after_position`, oldest first.
+/// A page of the journal: entries with position > `after_position` (`after` over
+/// HTTP), oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalPage {
     pub data: Vec<JournalEntry>,
     pub has_more: bool,
-    /// Pass as `after_position` for the next page.
+    /// Pass as `after_position` (`after` over HTTP) for the next page.
     pub next_cursor: Option<u64>,
 }
 

@@ -697,38 +697,61 @@ impl Projections {
 
     // ---- queries ----
 
+    /// Runs `query` on the active version of `name`. Switching to a rebuilt version
+    /// drops the old tree: a query that was reading it then fails with sled's
+    /// `CollectionNotFound`, and runs again on the new version (which has applied at
+    /// least as much).
+    fn read<T>(
+        &self,
+        name: ProjectionName,
+        query: impl Fn(&sled::Tree) -> Result<T, ProjectionError>,
+    ) -> Result<T, ProjectionError> {
+        let slot = self.slot(name);
+        loop {
+            let active = slot.active();
+            match query(&active.tree) {
+                Err(ProjectionError::Sled(sled::Error::CollectionNotFound(_)))
+                    if slot.active().version != active.version =>
+                {
+                    continue;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
     pub fn dashboard(&self, query: &DashboardQuery) -> Result<DashboardReport, ProjectionError> {
-        dashboard::query(&self.tree(ProjectionName::MerchantDashboard), query)
+        self.read(ProjectionName::MerchantDashboard, |tree| dashboard::query(tree, query))
     }
 
     pub fn search_payments(&self, query: &SearchQuery) -> Result<SearchPage, ProjectionError> {
-        search::search(&self.tree(ProjectionName::PaymentSearch), query)
+        self.read(ProjectionName::PaymentSearch, |tree| search::search(tree, query))
     }
 
     pub fn payment_summary(
         &self,
         payment_id: paystream_domain::id::PaymentId,
     ) -> Result<Option<PaymentSummary>, ProjectionError> {
-        search::get(&self.tree(ProjectionName::PaymentSearch), payment_id)
+        self.read(ProjectionName::PaymentSearch, |tree| search::get(tree, payment_id))
     }
 
     pub fn overview(&self, query: &OverviewQuery) -> Result<OverviewReport, ProjectionError> {
-        overview::query(&self.tree(ProjectionName::PlatformOverview), query)
+        self.read(ProjectionName::PlatformOverview, |tree| overview::query(tree, query))
     }
 
     pub fn ledger_accounts(
         &self,
         currency: Option<paystream_domain::Currency>,
     ) -> Result<Vec<AccountBalance>, ProjectionError> {
-        ledger::accounts(&self.tree(ProjectionName::Ledger), currency)
+        self.read(ProjectionName::Ledger, |tree| ledger::accounts(tree, currency))
     }
 
     pub fn trial_balance(&self) -> Result<TrialBalance, ProjectionError> {
-        ledger::trial_balance(&self.tree(ProjectionName::Ledger))
+        self.read(ProjectionName::Ledger, ledger::trial_balance)
     }
 
     pub fn journal(&self, after_position: Position, limit: usize) -> Result<JournalPage, ProjectionError> {
-        ledger::journal(&self.tree(ProjectionName::Ledger), after_position, limit)
+        self.read(ProjectionName::Ledger, |tree| ledger::journal(tree, after_position, limit))
     }
 
     /// Writes the whole read model `name` as CSV (`paystream export --projection NAME`).

@@ -63,22 +63,33 @@ const SUMMARIES: &[u8] = b"s";
 
 const NAME: ProjectionName = ProjectionName::PaymentSearch;
 
-/// A payment as search shows it.
+/// A payment as search shows it: a flat summary. Amounts (minor units) and the
+/// capture mode carry the names of the payment object of the HTTP API (`amount`,
+/// `amount_captured`, `fees`, `capture`, ...), in JSON and CSV alike.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentSummary {
     pub id: PaymentId,
     pub merchant_id: MerchantId,
     pub status: PaymentStatus,
+    #[serde(rename = "amount")]
     pub amount_minor: i64,
     pub currency: Currency,
+    #[serde(rename = "amount_capturable")]
     pub amount_capturable_minor: i64,
+    #[serde(rename = "amount_captured")]
     pub amount_captured_minor: i64,
+    #[serde(rename = "amount_refunded")]
     pub amount_refunded_minor: i64,
     /// Under open disputes.
+    #[serde(rename = "amount_disputed")]
     pub amount_disputed_minor: i64,
+    #[serde(rename = "amount_dispute_lost")]
     pub amount_dispute_lost_minor: i64,
+    #[serde(rename = "amount_settled")]
     pub amount_settled_minor: i64,
+    #[serde(rename = "fees")]
     pub fees_minor: i64,
+    #[serde(rename = "capture")]
     pub capture_method: CaptureMethod,
     /// `card`, `bank_transfer`, `wallet`, `qr_code` or `nfc`.
     pub method_type: String,
@@ -459,16 +470,16 @@ pub const CSV_HEADER: [&str; 27] = [
     "id",
     "merchant_id",
     "status",
-    "amount_minor",
+    "amount",
     "currency",
-    "amount_capturable_minor",
-    "amount_captured_minor",
-    "amount_refunded_minor",
-    "amount_disputed_minor",
-    "amount_dispute_lost_minor",
-    "amount_settled_minor",
-    "fees_minor",
-    "capture_method",
+    "amount_capturable",
+    "amount_captured",
+    "amount_refunded",
+    "amount_disputed",
+    "amount_dispute_lost",
+    "amount_settled",
+    "fees",
+    "capture",
     "method_type",
     "card_brand",
     "last4",

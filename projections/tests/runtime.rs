@@ -252,3 +252,41 @@ async fn a_layout_change_never_reuses_a_tree_left_by_an_interrupted_rebuild() {
     let search = status.iter().find(|s| s.name == ProjectionName::PaymentSearch).unwrap();
     assert_eq!((search.version, search.checkpoint, search.lag), (3, 0, head));
 }
+
+/// Queries running while rebuilds switch versions (and drop the old trees) always
+/// answer, never fail on the tree that vanished under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_answer_while_rebuilds_switch_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let (mut sim, merchants) = Simulator::new(SimOptions { seed: 13, ..SimOptions::default() }).unwrap();
+    for (stream, events) in merchants {
+        let encoded = events.iter().map(paystream_projections::sim::encode).collect();
+        store.append(&stream, paystream_store::ExpectedVersion::NoStream, encoded).await.unwrap();
+    }
+    let head = append_payments(&store, &mut sim, 30).await;
+    let projections = open_projections(dir.path(), "p", &store);
+    let running = projections.start();
+    wait_all(&projections, head).await;
+    let expected = (projections.trial_balance().unwrap(), projections.search_payments(&Default::default()).unwrap());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = std::thread::spawn({
+        let (projections, done) = (projections.clone(), done.clone());
+        move || {
+            let mut answered = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let balance = projections.trial_balance().expect("trial balance during a switch");
+                let page = projections.search_payments(&Default::default()).expect("search during a switch");
+                assert_eq!((balance, page), expected);
+                answered += 1;
+            }
+            answered
+        }
+    });
+    for _ in 0..20 {
+        projections.rebuild(&[ProjectionName::Ledger, ProjectionName::PaymentSearch]).await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    running.stop().await;
+}

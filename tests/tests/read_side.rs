@@ -62,10 +62,10 @@ fn a_merchant_reads_its_write_at_once_in_search_and_on_its_dashboard() {
     let page = search(&merchant.client, &format!("min_position={}", position(&payment)));
     let number = body["method"]["card"]["number"].as_str().unwrap();
     let authorized = json!({
-        "id": id, "merchant_id": merchant.id, "status": "authorized", "amount_minor": 10_000, "currency": "USD",
-        "amount_capturable_minor": 10_000, "amount_captured_minor": 0, "amount_refunded_minor": 0,
-        "amount_disputed_minor": 0, "amount_dispute_lost_minor": 0, "amount_settled_minor": 0, "fees_minor": 0,
-        "capture_method": "manual", "method_type": "card", "card_brand": "visa", "last4": last4(number),
+        "id": id, "merchant_id": merchant.id, "status": "authorized", "amount": 10_000, "currency": "USD",
+        "amount_capturable": 10_000, "amount_captured": 0, "amount_refunded": 0,
+        "amount_disputed": 0, "amount_dispute_lost": 0, "amount_settled": 0, "fees": 0,
+        "capture": "manual", "method_type": "card", "card_brand": "visa", "last4": last4(number),
         "customer_id": null, "customer_email": null, "risk_score": risk_approve()["score"],
         "risk_decision": "approve", "review": "not_required", "decline_code": null,
         "authorized": true, "voided": false, "expired": false,
@@ -81,8 +81,8 @@ fn a_merchant_reads_its_write_at_once_in_search_and_on_its_dashboard() {
     let fees = fee(4_000, true);
     let summary = merged(
         &authorized,
-        json!({"status": "captured", "amount_capturable_minor": 6_000, "amount_captured_minor": 4_000,
-               "fees_minor": fees, "updated_at": captured["updated_at"]}),
+        json!({"status": "captured", "amount_capturable": 6_000, "amount_captured": 4_000,
+               "fees": fees, "updated_at": captured["updated_at"]}),
     );
     assert_json(&page, &json!({"object": "list", "data": [summary], "has_more": false, "next_cursor": null}));
 
