@@ -38,6 +38,10 @@ const NAME: ProjectionName = ProjectionName::PlatformOverview;
 
 /// Most days one overview query may span.
 pub const MAX_OVERVIEW_DAYS: i64 = MAX_DASHBOARD_DAYS;
+/// Most rows one overview answers; a query grouping into more is refused with a
+/// hint to narrow it (the whole model is `paystream export --projection
+/// platform_overview`).
+pub const MAX_OVERVIEW_ROWS: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct MerchantInfo {
@@ -283,6 +287,10 @@ type GroupKey = (Option<time::Date>, Currency, Option<MerchantId>, Option<Option
 
 /// Answers an overview query from the model in `tree`.
 pub fn query(tree: &sled::Tree, q: &OverviewQuery) -> Result<OverviewReport, ProjectionError> {
+    query_bounded(tree, q, MAX_OVERVIEW_ROWS)
+}
+
+fn query_bounded(tree: &sled::Tree, q: &OverviewQuery, max_rows: usize) -> Result<OverviewReport, ProjectionError> {
     if q.from > q.to {
         return Err(ProjectionError::invalid("from", "must not be after to"));
     }
@@ -315,6 +323,14 @@ pub fn query(tree: &sled::Tree, q: &OverviewQuery) -> Result<OverviewReport, Pro
         );
         let sum = groups.entry(group).or_default();
         *sum = sum.checked_add(&c).ok_or_else(|| overflow(0))?;
+        if groups.len() > max_rows {
+            return Err(ProjectionError::invalid(
+                "group_by",
+                format!(
+                    "more than {max_rows} rows: narrow from/to, filter by merchant_id or currency, or group by fewer dimensions"
+                ),
+            ));
+        }
     }
     let mut rows = Vec::with_capacity(groups.len());
     for ((date, currency, merchant, tier, method), counters) in groups {
@@ -364,4 +380,56 @@ pub fn write_csv(report: &OverviewReport, out: &mut dyn Write) -> Result<(), Pro
         csv.row(cells)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ReadModel;
+    use crate::sim::{SimOptions, Simulator};
+
+    /// Grouping into more rows than the bound is a 400 naming `group_by`; the same
+    /// data grouped coarser answers.
+    #[test]
+    fn an_overview_with_too_many_rows_is_refused() {
+        let (mut sim, merchants) = Simulator::new(SimOptions { merchants: 6, ..SimOptions::default() }).unwrap();
+        let mut decoded = Vec::new();
+        let mut push = |record: DomainRecord| {
+            let position = decoded.len() as u64 + 1;
+            decoded.push(Decoded { position, record });
+        };
+        for (stream, events) in merchants {
+            let merchant_id = MerchantId::from_uuid(uuid::Uuid::parse_str(&stream["merchant-".len()..]).unwrap());
+            for event in events {
+                push(DomainRecord::Merchant { merchant_id, event });
+            }
+        }
+        for _ in 0..300 {
+            let flow = sim.next_payment().unwrap();
+            for event in flow.events {
+                push(DomainRecord::Payment { payment_id: flow.payment_id, event });
+            }
+        }
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("overview").unwrap();
+        let mut batch = sled::Batch::default();
+        PlatformOverview.apply(&tree, &decoded, &mut batch).unwrap();
+        tree.apply_batch(batch).unwrap();
+        let day = time::macros::date!(2027 - 01 - 01);
+        let q = |group_by: Vec<Dimension>| OverviewQuery {
+            from: day,
+            to: day,
+            group_by,
+            merchant_id: None,
+            currency: None,
+        };
+        let fine = query_bounded(&tree, &q(vec![Dimension::Merchant, Dimension::Method]), 1_000).unwrap();
+        let rows = fine.rows.len();
+        assert!(rows > 10, "{rows} rows");
+        match query_bounded(&tree, &q(vec![Dimension::Merchant, Dimension::Method]), rows - 1) {
+            Err(ProjectionError::InvalidQuery { param, .. }) => assert_eq!(param, "group_by"),
+            other => panic!("{other:?}"),
+        }
+        assert!(query_bounded(&tree, &q(vec![]), rows - 1).is_ok());
+    }
 }

@@ -903,9 +903,13 @@ async fn follow(inner: Arc<Inner>) {
             break;
         }
         let Some(lowest) = inner.lowest_live_checkpoint() else {
-            // Every projection failed: nothing to do until shutdown.
-            let _ = shutdown.changed().await;
-            break;
+            // Every projection failed: nothing to follow until a rebuild brings one
+            // back (it then joins at the head), or shutdown.
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_DELAY) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
         };
         let (mut batches, reader) = spawn_reader(&inner, lowest + 1, true, inner.config.batch_events);
         while let Some(batch) = batches.recv().await {
