@@ -15,10 +15,11 @@ use paystream_domain::id::{MerchantId, PaymentId};
 use paystream_domain::payment::PaymentStatus;
 use paystream_domain::time::Timestamp;
 use paystream_domain::Currency;
+use paystream_projections::csv::CsvWriter;
 use paystream_projections::dashboard::DashboardQuery;
 use paystream_projections::overview::{Dimension, OverviewQuery};
 use paystream_projections::search::{write_csv, SearchPage, SearchQuery};
-use paystream_projections::ProjectionName;
+use paystream_projections::{ledger, overview, ProjectionError, ProjectionName};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -132,10 +133,11 @@ fn wants_csv(headers: &HeaderMap) -> bool {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/csv"))
 }
 
-/// Flattens JSON objects into CSV: one column per scalar field, nested
-/// objects as `outer.inner`, arrays as JSON text. Columns follow the first
-/// row's field order, then fields first seen later.
-pub fn rows_to_csv(rows: &[Value]) -> String {
+/// Flattens JSON objects into CSV rows: one column per scalar field, nested
+/// objects as `outer.inner`, arrays as JSON text; columns in the order the
+/// fields are first seen (alphabetical within an object). For list items that
+/// have no CSV form of their own (dashboard days, projection statuses).
+pub fn rows_to_csv(rows: &[Value], out: &mut dyn std::io::Write) -> Result<(), ProjectionError> {
     fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
         match value {
             Value::Object(map) => {
@@ -147,13 +149,6 @@ pub fn rows_to_csv(rows: &[Value]) -> String {
             Value::Null => out.push((prefix.to_string(), String::new())),
             Value::String(text) => out.push((prefix.to_string(), text.clone())),
             other => out.push((prefix.to_string(), other.to_string())),
-        }
-    }
-    fn escape(cell: &str) -> String {
-        if cell.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", cell.replace('"', "\"\""))
-        } else {
-            cell.to_string()
         }
     }
     let flat: Vec<Vec<(String, String)>> = rows
@@ -172,29 +167,37 @@ pub fn rows_to_csv(rows: &[Value]) -> String {
             }
         }
     }
-    let mut csv = columns.iter().map(|c| escape(c)).collect::<Vec<_>>().join(",");
-    csv.push_str("\r\n");
+    let mut csv = CsvWriter::new(out);
+    csv.row(&columns)?;
     for row in &flat {
         let cells: HashMap<&str, &str> = row.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let line: Vec<String> = columns.iter().map(|c| escape(cells.get(c.as_str()).copied().unwrap_or(""))).collect();
-        csv.push_str(&line.join(","));
-        csv.push_str("\r\n");
+        csv.row(columns.iter().map(|c| cells.get(c.as_str()).copied().unwrap_or("")))?;
     }
-    csv
+    Ok(())
 }
 
-/// JSON, or CSV of `rows` when the client asked for it.
+/// JSON, or, when the client asked for it, the CSV that `csv` writes.
 fn respond(
     headers: &HeaderMap,
     body: &impl Serialize,
-    rows: impl FnOnce(&Value) -> Vec<Value>,
+    csv: impl FnOnce(&mut Vec<u8>) -> Result<(), ProjectionError>,
 ) -> Result<Response, ApiError> {
-    let value = serde_json::to_value(body).map_err(|_| ApiError::internal())?;
     if wants_csv(headers) {
-        let csv = rows_to_csv(&rows(&value));
-        return Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response());
+        let mut out = Vec::new();
+        csv(&mut out)?;
+        return Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response());
     }
+    let value = serde_json::to_value(body).map_err(|_| ApiError::internal())?;
     Ok(axum::Json(value).into_response())
+}
+
+/// A CSV list answer with, when there is a next page, its cursor in the
+/// [`NEXT_CURSOR_HEADER`].
+fn with_next_cursor(mut response: Response, cursor: Option<String>) -> Response {
+    if let Some(value) = cursor.and_then(|c| header::HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().insert(NEXT_CURSOR_HEADER, value);
+    }
+    response
 }
 
 fn array(value: &Value, field: &str) -> Vec<Value> {
@@ -216,7 +219,8 @@ pub async fn projections_status(
     caller.require(ANALYSTS)?;
     Params::new(raw, &[])?;
     let status = state.projections.status().await?;
-    respond(&headers, &json!({"object": "list", "data": status}), |v| array(v, "data"))
+    let body = json!({"object": "list", "data": status});
+    respond(&headers, &body, |out| rows_to_csv(&array(&body, "data"), out))
 }
 
 pub async fn rebuild_projection(
@@ -262,7 +266,8 @@ pub async fn merchant_dashboard(
     let query = DashboardQuery { merchant_id, from, to, currency: params.parse("currency", "an ISO 4217 code")? };
     wait(&state, &[ProjectionName::MerchantDashboard], &params).await?;
     let report = state.projections.dashboard(&query)?;
-    respond(&headers, &report, |v| array(v, "days"))
+    let body = serde_json::to_value(&report).map_err(|_| ApiError::internal())?;
+    respond(&headers, &body, |out| rows_to_csv(&array(&body, "days"), out))
 }
 
 pub async fn search_payments(
@@ -334,7 +339,7 @@ pub async fn search_payments(
     }
     let mut body = serde_json::to_value(&page).map_err(|_| ApiError::internal())?;
     body["object"] = json!("list");
-    respond(&headers, &body, |v| array(v, "data"))
+    Ok(axum::Json(body).into_response())
 }
 
 /// A page of search results as CSV, columns in the order of
@@ -343,13 +348,8 @@ pub async fn search_payments(
 fn search_csv(page: &SearchPage) -> Result<Response, ApiError> {
     let mut csv = Vec::new();
     write_csv(&page.data, &mut csv)?;
-    let mut response = ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response();
-    if let Some(cursor) = page.next_cursor.filter(|_| page.has_more) {
-        if let Ok(value) = header::HeaderValue::from_str(&cursor.to_string()) {
-            response.headers_mut().insert(NEXT_CURSOR_HEADER, value);
-        }
-    }
-    Ok(response)
+    let response = ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response();
+    Ok(with_next_cursor(response, page.next_cursor.filter(|_| page.has_more).map(|c| c.to_string())))
 }
 
 pub async fn analytics_overview(
@@ -374,7 +374,7 @@ pub async fn analytics_overview(
         OverviewQuery { from, to, group_by, merchant_id, currency: params.parse("currency", "an ISO 4217 code")? };
     wait(&state, &[ProjectionName::PlatformOverview], &params).await?;
     let report = state.projections.overview(&query)?;
-    respond(&headers, &report, |v| array(v, "rows"))
+    respond(&headers, &report, |out| overview::write_csv(&report, out))
 }
 
 pub async fn ledger_accounts(
@@ -388,7 +388,7 @@ pub async fn ledger_accounts(
     let currency: Option<Currency> = params.parse("currency", "an ISO 4217 code")?;
     wait(&state, &[ProjectionName::Ledger], &params).await?;
     let accounts = state.projections.ledger_accounts(currency)?;
-    respond(&headers, &json!({"object": "list", "data": accounts}), |v| array(v, "data"))
+    respond(&headers, &json!({"object": "list", "data": accounts}), |out| ledger::write_accounts_csv(&accounts, out))
 }
 
 pub async fn trial_balance(
@@ -401,7 +401,8 @@ pub async fn trial_balance(
     let params = Params::new(raw, &[])?;
     wait(&state, &[ProjectionName::Ledger], &params).await?;
     let balance = state.projections.trial_balance()?;
-    respond(&headers, &balance, |v| array(v, "currencies"))
+    let accounts: Vec<_> = balance.currencies.iter().flat_map(|c| c.accounts.iter().cloned()).collect();
+    respond(&headers, &balance, |out| ledger::write_accounts_csv(&accounts, out))
 }
 
 pub async fn ledger_journal(
@@ -416,5 +417,6 @@ pub async fn ledger_journal(
     let limit = params.parse("limit", "an integer from 1 to 1000")?.unwrap_or(100);
     wait(&state, &[ProjectionName::Ledger], &params).await?;
     let page = state.projections.journal(after, limit)?;
-    respond(&headers, &page, |v| array(v, "data"))
+    let cursor = page.next_cursor.filter(|_| page.has_more).map(|c| c.to_string());
+    Ok(with_next_cursor(respond(&headers, &page, |out| ledger::write_journal_csv(&page.data, out))?, cursor))
 }

@@ -6,16 +6,18 @@ use std::io::Write;
 
 use crate::error::ProjectionError;
 
-pub(crate) struct CsvWriter<'a> {
+/// Writes CSV lines to `out`. Public so that every CSV the platform writes (exports
+/// and HTTP answers alike) follows the same rules.
+pub struct CsvWriter<'a> {
     out: &'a mut dyn Write,
 }
 
 impl<'a> CsvWriter<'a> {
-    pub(crate) fn new(out: &'a mut dyn Write) -> Self {
+    pub fn new(out: &'a mut dyn Write) -> Self {
         CsvWriter { out }
     }
 
-    pub(crate) fn row<S: AsRef<str>>(&mut self, cells: impl IntoIterator<Item = S>) -> Result<(), ProjectionError> {
+    pub fn row<S: AsRef<str>>(&mut self, cells: impl IntoIterator<Item = S>) -> Result<(), ProjectionError> {
         let mut line = String::new();
         for (i, cell) in cells.into_iter().enumerate() {
             if i > 0 {

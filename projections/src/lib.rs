@@ -26,7 +26,7 @@ pub mod bench;
 mod buckets;
 mod codec;
 mod counters;
-mod csv;
+pub mod csv;
 pub mod dashboard;
 mod decode;
 mod error;

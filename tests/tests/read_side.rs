@@ -639,3 +639,58 @@ fn projections_report_their_lag_and_a_rebuild_keeps_search_answers() {
     expected.extend(ids(&before));
     assert_eq!(ids(&page), expected);
 }
+
+/// GET `path` as CSV: the parsed rows (header first) and the next-page cursor header.
+fn csv_of(server: &Server, client: &Client, path: &str) -> (Vec<Vec<String>>, Option<String>) {
+    let response = client.request("GET", path).header("Accept", "text/csv").send(server.addr);
+    assert_eq!(response.status, 200, "{path}: {}", response.text());
+    assert!(response.header("content-type").unwrap_or_default().starts_with("text/csv"), "{path}");
+    assert!(!response.text().contains('\r'), "{path}: LF line ends only");
+    (parse_csv(&response.text()), response.header("paystream-next-cursor").map(str::to_string))
+}
+
+/// Every list endpoint answers CSV with a header line; the ledger and the journal
+/// in their own fixed columns (the journal with its next-page cursor), and a field
+/// that would run as a spreadsheet formula is neutralised.
+#[test]
+fn every_list_answers_csv_with_a_header() {
+    let server = Server::start();
+    let merchant = onboard(&server, "Csv Everywhere", "B");
+    let mut formula = card_payment(2_000, "automatic");
+    formula["customer"] = json!({"id": "=HYPERLINK(\"http://x\")"});
+    let paid = merchant.pay(&formula);
+    let last = position(&paid);
+    let today = paid["created_at"].as_str().unwrap()[..10].to_string();
+    let analyst = server.client(&issue_key(&server.admin(), "analyst", None).1);
+    let wait = format!("min_position={last}");
+
+    let (rows, _) = csv_of(&server, &merchant.client, &format!("/v1/payments?{wait}"));
+    let customer = rows[0].iter().position(|c| c == "customer_id").unwrap();
+    assert_eq!(rows[1][customer], "'=HYPERLINK(\"http://x\")", "a formula is ticked, never run");
+
+    let (rows, _) = csv_of(&server, &analyst, &format!("/v1/ledger/accounts?{wait}"));
+    assert_eq!(rows[0], ["currency", "account", "kind", "debit_minor", "credit_minor", "balance_minor"]);
+    assert!(rows.len() > 2 && rows[1..].iter().all(|r| r[0] == "USD"), "{rows:?}");
+    let (trial, _) = csv_of(&server, &analyst, &format!("/v1/ledger/trial_balance?{wait}"));
+    assert_eq!(trial, rows, "the trial balance lists the same accounts");
+    let (debits, credits) = trial[1..]
+        .iter()
+        .fold((0i64, 0i64), |(d, c), r| (d + r[3].parse::<i64>().unwrap(), c + r[4].parse::<i64>().unwrap()));
+    assert_eq!(debits, credits, "debits equal credits");
+
+    let (journal, cursor) = csv_of(&server, &analyst, &format!("/v1/ledger/journal?limit=1&{wait}"));
+    assert!(journal.len() >= 3, "one row per journal line: {journal:?}");
+    let page = analyst.get(&format!("/v1/ledger/journal?limit=1&{wait}")).expect(200);
+    assert_eq!(cursor, page["next_cursor"].as_u64().map(|c| c.to_string()));
+
+    let (overview, _) = csv_of(&server, &analyst, &format!("/v1/analytics/overview?from={today}&to={today}&{wait}"));
+    assert_eq!(&overview[0][..2], ["date", "currency"]);
+    assert_eq!(overview.len(), 2, "one group (USD): {overview:?}");
+
+    let dashboard = format!("/v1/merchants/{}/dashboard?from={today}&to={today}&{wait}", merchant.id);
+    let (days, _) = csv_of(&server, &merchant.client, &dashboard);
+    assert!(days.len() >= 2 && days[0].iter().any(|c| c == "currency"), "{days:?}");
+
+    let (projections, _) = csv_of(&server, &analyst, "/v1/projections");
+    assert_eq!(projections.len(), 5, "a header and the four projections: {projections:?}");
+}
