@@ -35,6 +35,9 @@ pub struct RebuildBenchReport {
     pub rebuild_all_cpu: Option<Duration>,
     /// Each projection rebuilt alone, when asked for (wall time, CPU time).
     pub per_projection: Vec<(ProjectionName, Duration, Option<Duration>)>,
+    /// When asked for: all four caught up from position 0 by the live follower into a
+    /// fresh database, as after a layout change (wall time, CPU time).
+    pub follow_all: Option<(Duration, Option<Duration>)>,
 }
 
 /// CPU time this process has used so far (Linux: `/proc/self/stat`, in clock ticks of
@@ -87,6 +90,16 @@ impl fmt::Display for RebuildBenchReport {
             self.rebuild_all_events_per_sec(),
             cpu_cell(self.rebuild_all_cpu)
         )?;
+        if let Some((elapsed, cpu)) = self.follow_all {
+            write!(
+                f,
+                "\n| catch-up from position 0 by the live follower, all 4 | {} | {:.2} | {:.0} | {} |",
+                self.events,
+                elapsed.as_secs_f64(),
+                per_sec(self.events, elapsed),
+                cpu_cell(cpu)
+            )?;
+        }
         for (name, elapsed, cpu) in &self.per_projection {
             write!(
                 f,
@@ -162,6 +175,7 @@ pub async fn run_rebuild_bench(
     events: u64,
     per_projection: bool,
     rebuild_batch_events: usize,
+    catch_up: bool,
 ) -> Result<RebuildBenchReport, ProjectionError> {
     let store = Arc::new(tokio::task::block_in_place(|| EmbeddedStore::open(&dir.join("log")))?);
     let started = Instant::now();
@@ -184,6 +198,28 @@ pub async fn run_rebuild_bench(
             per.push((name, started.elapsed(), cpu_since(cpu)));
         }
     }
+    let mut follow_all = None;
+    if catch_up {
+        let db = tokio::task::block_in_place(|| open_db(&dir.join("projections-follow")))?;
+        let follower = Projections::open(db, store.clone(), ProjectorConfig::default())?;
+        let (started, cpu) = (Instant::now(), process_cpu_time());
+        let running = follower.start();
+        for name in ProjectionName::ALL {
+            follower.wait_for(name, events, Duration::from_secs(3_600)).await.map_err(|lagging| {
+                ProjectionError::Invariant { projection: "bench", position: 0, detail: lagging.to_string() }
+            })?;
+        }
+        follow_all = Some((started.elapsed(), cpu_since(cpu)));
+        running.stop().await;
+    }
     store.close().await?;
-    Ok(RebuildBenchReport { events, payments, fill_elapsed, rebuild_all_elapsed, rebuild_all_cpu, per_projection: per })
+    Ok(RebuildBenchReport {
+        events,
+        payments,
+        fill_elapsed,
+        rebuild_all_elapsed,
+        rebuild_all_cpu,
+        per_projection: per,
+        follow_all,
+    })
 }

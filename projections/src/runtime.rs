@@ -21,7 +21,10 @@
 //! each batch once; the batch is then applied to every projection in parallel (one
 //! blocking task each), each projection skipping what its checkpoint already covers.
 //! Reading and decoding the next batch overlaps with applying the current one
-//! ([`PIPELINE_DEPTH`] batches in flight).
+//! ([`PIPELINE_DEPTH`] batches in flight). Each projection keeps its [`WorkingSet`]
+//! from batch to batch while its active version stays the same; it flushes after
+//! every batch near the head, and only every `rebuild_batch_events` while more than
+//! that many events remain (catching up after downtime or a layout change).
 //!
 //! # Rebuilds
 //!
@@ -871,17 +874,51 @@ where
 }
 
 impl Inner {
-    /// Applies a batch to one live projection under its write lock (blocking).
-    fn apply_live(&self, index: usize, batch: &[Decoded]) -> Result<(), ProjectionError> {
+    /// Applies a batch to one live projection under its write lock (blocking), with
+    /// the target the follower kept from the last batch while it still writes the
+    /// active version (a rebuild's switch replaces the tree: the kept one is then
+    /// dropped, unflushed changes and all, and the new version is at least as far).
+    /// Far behind the head (`catching_up`) the working set is flushed every
+    /// `rebuild_batch_events`, as in a rebuild; near it, after every batch, so a
+    /// write is readable as soon as possible. Returns the target to keep.
+    fn apply_live(
+        &self,
+        index: usize,
+        kept: Option<Target>,
+        batch: &[Decoded],
+        catching_up: bool,
+    ) -> Result<Target, ProjectionError> {
         let slot = &self.slots[index];
         let _write = slot.write.blocking_lock();
         let active = slot.active();
-        // A fresh working set per batch, flushed at once (`flush_every` 1).
-        let mut target = Target::new(Arc::clone(&slot.model), active.tree, *slot.checkpoint.borrow(), 1);
+        let mut target = match kept {
+            Some(target) if target.tree.name() == active.tree.name() => target,
+            _ => Target::new(Arc::clone(&slot.model), active.tree, *slot.checkpoint.borrow(), 1),
+        };
+        target.flush_every = if catching_up { self.config.rebuild_batch_events } else { 1 };
         if target.apply(batch)? {
             slot.checkpoint.send_replace(target.checkpoint);
         }
-        Ok(())
+        Ok(target)
+    }
+
+    /// Stores what the follower's kept targets applied but did not flush yet.
+    fn flush_kept(&self, kept: &mut [Option<Target>]) {
+        for (index, target) in kept.iter_mut().enumerate() {
+            let Some(mut target) = target.take() else { continue };
+            let slot = &self.slots[index];
+            let _write = slot.write.blocking_lock();
+            if target.tree.name() != slot.active().tree.name() {
+                continue;
+            }
+            match target.flush() {
+                Ok(true) => {
+                    slot.checkpoint.send_replace(target.checkpoint);
+                }
+                Ok(false) => {}
+                Err(error) => self.fail(index, &error),
+            }
+        }
     }
 
     fn lowest_live_checkpoint(&self) -> Option<Position> {
@@ -898,6 +935,8 @@ impl Inner {
 async fn follow(inner: Arc<Inner>) {
     inner.following.store(true, std::sync::atomic::Ordering::Release);
     let mut shutdown = inner.shutdown.subscribe();
+    // Per projection, the target (and working set) kept from one batch to the next.
+    let mut kept: Vec<Option<Target>> = (0..inner.slots.len()).map(|_| None).collect();
     loop {
         if *shutdown.borrow() {
             break;
@@ -913,16 +952,19 @@ async fn follow(inner: Arc<Inner>) {
         };
         let (mut batches, reader) = spawn_reader(&inner, lowest + 1, true, inner.config.batch_events);
         while let Some(batch) = batches.recv().await {
+            let last = batch.last().map_or(0, |e| e.position);
+            let head = inner.store.head().await.unwrap_or(last);
+            let catching_up = head.saturating_sub(last) > inner.config.rebuild_batch_events as u64;
             let handles: Vec<_> = (0..inner.slots.len())
                 .filter(|&i| !inner.slots[i].failed())
                 .map(|i| {
-                    let (inner, batch) = (Arc::clone(&inner), Arc::clone(&batch));
-                    (i, tokio::task::spawn_blocking(move || inner.apply_live(i, &batch)))
+                    let (inner, batch, target) = (Arc::clone(&inner), Arc::clone(&batch), kept[i].take());
+                    (i, tokio::task::spawn_blocking(move || inner.apply_live(i, target, &batch, catching_up)))
                 })
                 .collect();
             for (i, handle) in handles {
                 match handle.await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(target)) => kept[i] = Some(target),
                     Ok(Err(error)) => inner.fail(i, &error),
                     Err(join) => inner.fail(
                         i,
@@ -931,6 +973,15 @@ async fn follow(inner: Arc<Inner>) {
                 }
             }
         }
+        let flushing = Arc::clone(&inner);
+        let mut held = std::mem::take(&mut kept);
+        let flushed = tokio::task::spawn_blocking(move || {
+            flushing.flush_kept(&mut held);
+            held
+        })
+        .await;
+        kept = flushed.unwrap_or_default();
+        kept.resize_with(inner.slots.len(), || None);
         match join_reader(reader).await {
             Ok(()) => {}
             Err(ProjectionError::Store(StoreError::Closed)) => {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: projections-bench [--events N] [--dir DIR] [--per-projection] [--batch EVENTS]");
+    eprintln!("usage: projections-bench [--events N] [--dir DIR] [--per-projection] [--catch-up] [--batch EVENTS]");
     ExitCode::from(2)
 }
 
@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
     let mut events: u64 = 1_000_000;
     let mut dir: Option<PathBuf> = None;
     let mut per_projection = false;
+    let mut catch_up = false;
     let mut batch = paystream_projections::runtime::DEFAULT_REBUILD_BATCH_EVENTS;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -27,6 +28,7 @@ async fn main() -> ExitCode {
                 None => return usage(),
             },
             "--per-projection" => per_projection = true,
+            "--catch-up" => catch_up = true,
             "--batch" => match args.next().and_then(|v| v.replace('_', "").parse().ok()) {
                 Some(n) => batch = n,
                 None => return usage(),
@@ -43,7 +45,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     println!("filling {} with ~{events} events ...", dir.display());
-    let result = paystream_projections::bench::run_rebuild_bench(&dir, events, per_projection, batch).await;
+    let result = paystream_projections::bench::run_rebuild_bench(&dir, events, per_projection, batch, catch_up).await;
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }
