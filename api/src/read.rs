@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use paystream_domain::api_key::Role;
-use paystream_domain::id::{MerchantId, PaymentId};
+use paystream_domain::id::MerchantId;
 use paystream_domain::payment::PaymentStatus;
 use paystream_domain::time::Timestamp;
 use paystream_domain::Currency;
@@ -31,6 +31,8 @@ const ANALYSTS: &[Role] = &[Role::Admin, Role::Analyst];
 const DASHBOARD_READERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Merchant];
 const SEARCHERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Auditor, Role::Merchant];
 const JOURNAL_READERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Auditor];
+/// What a `merchant_id` query parameter must be.
+const MERCHANT_ID_EXPECTED: &str = "a merchant id (mer_...)";
 /// Carries the `next_cursor` of a CSV page of search results.
 pub const NEXT_CURSOR_HEADER: &str = "paystream-next-cursor";
 /// Default dashboard / overview window when `from` is not given, in days.
@@ -293,12 +295,9 @@ pub async fn search_payments(
             "merchant_id",
         ],
     )?;
-    let merchant_id = match (caller.role(), params.text("merchant_id")) {
-        (Role::Merchant, _) => Some(caller.key.merchant_id.ok_or_else(ApiError::forbidden)?),
-        (_, Some(id)) => {
-            Some(id.parse().map_err(|_| ApiError::invalid("invalid_query", "not a merchant id", "merchant_id"))?)
-        }
-        (_, None) => None,
+    let merchant_id = match caller.role() {
+        Role::Merchant => Some(caller.key.merchant_id.ok_or_else(ApiError::forbidden)?),
+        _ => params.parse("merchant_id", MERCHANT_ID_EXPECTED)?,
     };
     let status = params
         .text("status")
@@ -324,13 +323,7 @@ pub async fn search_payments(
         customer_id,
         customer_email,
         limit: params.parse("limit", "an integer from 1 to 100")?,
-        starting_after: params
-            .text("starting_after")
-            .map(|s| {
-                s.parse::<PaymentId>()
-                    .map_err(|_| ApiError::invalid("invalid_query", "not a payment id", "starting_after"))
-            })
-            .transpose()?,
+        starting_after: params.parse("starting_after", "a payment id (pay_...)")?,
     };
     wait(&state, &[ProjectionName::PaymentSearch], &params).await?;
     let page = state.projections.search_payments(&query)?;
@@ -366,10 +359,7 @@ pub async fn analytics_overview(
         .map(|list| list.split(',').map(|d| d.trim().parse::<Dimension>()).collect::<Result<Vec<_>, _>>())
         .transpose()?
         .unwrap_or_default();
-    let merchant_id = params
-        .text("merchant_id")
-        .map(|s| s.parse().map_err(|_| ApiError::invalid("invalid_query", "not a merchant id", "merchant_id")))
-        .transpose()?;
+    let merchant_id = params.parse("merchant_id", MERCHANT_ID_EXPECTED)?;
     let query =
         OverviewQuery { from, to, group_by, merchant_id, currency: params.parse("currency", "an ISO 4217 code")? };
     wait(&state, &[ProjectionName::PlatformOverview], &params).await?;
