@@ -113,6 +113,12 @@ impl From<ProjectionError> for ApiError {
             ProjectionError::InvalidQuery { param, reason } => {
                 ApiError::invalid("invalid_query", format!("{param}: {reason}"), param)
             }
+            ProjectionError::Building { projection, checkpoint } => ApiError::unavailable(
+                "projection_lagging",
+                format!(
+                    "projection {projection} is being built from the log (at position {checkpoint}) and answers once complete; retry shortly"
+                ),
+            ),
             ProjectionError::AlreadyRebuilding(name) => ApiError::new(
                 StatusCode::CONFLICT,
                 "conflict_error",

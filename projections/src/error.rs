@@ -28,6 +28,12 @@ pub enum ProjectionError {
     AlreadyRebuilding(&'static str),
     #[error("the projector runtime stopped")]
     Stopped,
+    /// The projection is being built from position 0 (a new projections database, or
+    /// a layout change): until it reaches the log's head as it was at start it holds
+    /// only part of the history, so it answers no query. The API answers
+    /// `503 projection_lagging`.
+    #[error("projection {projection} is being built from the log (at position {checkpoint})")]
+    Building { projection: &'static str, checkpoint: Position },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -44,6 +44,7 @@
 //! response carries the position of its last event) or answers [`Lagging`].
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -220,7 +221,14 @@ struct Slot {
     write: tokio::sync::Mutex<()>,
     checkpoint: watch::Sender<Position>,
     state: Mutex<SlotState>,
+    /// While the active version is being built from position 0 (a new tree at open):
+    /// the head it must reach before it answers queries ([`UNTIL_UNKNOWN`] until the
+    /// follower has read the head); 0 once it has.
+    building_until: AtomicU64,
 }
+
+/// `building_until` of a new tree before the follower has read the head.
+const UNTIL_UNKNOWN: u64 = u64::MAX;
 
 impl Slot {
     fn active(&self) -> Active {
@@ -402,6 +410,7 @@ impl Projections {
                 write: tokio::sync::Mutex::new(()),
                 checkpoint: watch::channel(checkpoint).0,
                 state: Mutex::new(SlotState::Idle),
+                building_until: AtomicU64::new(if checkpoint == 0 { UNTIL_UNKNOWN } else { 0 }),
             });
         }
         Ok(Projections {
@@ -670,6 +679,7 @@ impl Projections {
             *slot.active.write().unwrap_or_else(PoisonError::into_inner) =
                 Active { version: *version, tree: target.tree.clone() };
             slot.checkpoint.send_replace(target.checkpoint);
+            slot.building_until.store(0, Ordering::Release);
             slot.set_state(SlotState::Idle);
             inner.db.drop_tree(tree_name(*name, old.version).as_bytes())?;
             tracing::info!(projection = %name, version, tree = %tree_name_new, checkpoint = target.checkpoint, "rebuild complete; switched");
@@ -710,6 +720,14 @@ impl Projections {
         query: impl Fn(&sled::Tree) -> Result<T, ProjectionError>,
     ) -> Result<T, ProjectionError> {
         let slot = self.slot(name);
+        let until = slot.building_until.load(Ordering::Acquire);
+        if until != 0 {
+            let checkpoint = *slot.checkpoint.borrow();
+            if checkpoint < until {
+                return Err(ProjectionError::Building { projection: name.as_str(), checkpoint });
+            }
+            slot.building_until.store(0, Ordering::Release);
+        }
         loop {
             let active = slot.active();
             match query(&active.tree) {
@@ -935,6 +953,15 @@ impl Inner {
 async fn follow(inner: Arc<Inner>) {
     inner.following.store(true, std::sync::atomic::Ordering::Release);
     let mut shutdown = inner.shutdown.subscribe();
+    // New trees answer queries once they reach the head as it is now.
+    match inner.store.head().await {
+        Ok(head) => {
+            for slot in &inner.slots {
+                let _ = slot.building_until.compare_exchange(UNTIL_UNKNOWN, head, Ordering::AcqRel, Ordering::Acquire);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "projection follower: could not read the log's head"),
+    }
     // Per projection, the target (and working set) kept from one batch to the next.
     let mut kept: Vec<Option<Target>> = (0..inner.slots.len()).map(|_| None).collect();
     loop {

@@ -331,3 +331,31 @@ async fn a_follower_catching_up_from_far_behind_ends_with_the_replayed_bytes() {
     replayed.replay(&[]).await.unwrap();
     assert_same(&snapshot(&live), &snapshot(&replayed));
 }
+
+/// A projection built from position 0 (a new database here; a layout change does the
+/// same) answers no query until it holds the whole log as it was at start: no
+/// dashboard or search ever shows part of the history as if it were all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_projection_answers_only_once_built_from_the_whole_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let head = fill(&store, SimOptions { seed: 19, ..SimOptions::default() }, 200).await;
+    {
+        let projections = open_projections(dir.path(), "p", &store);
+        for name in ProjectionName::ALL {
+            assert_eq!(projections.checkpoint(name), 0);
+        }
+        let early = projections.trial_balance();
+        assert!(matches!(early, Err(ProjectionError::Building { projection: "ledger", checkpoint: 0 })), "{early:?}");
+        assert!(matches!(projections.search_payments(&Default::default()), Err(ProjectionError::Building { .. })));
+        let running = projections.start();
+        wait_all(&projections, head).await;
+        assert!(projections.trial_balance().unwrap().balanced);
+        assert_eq!(projections.search_payments(&Default::default()).unwrap().data.len(), 20);
+        running.stop().await;
+        projections.flush().await.unwrap();
+    }
+    // Opened again, its trees hold checkpoints: it answers at once, follower or not.
+    let again = open_projections(dir.path(), "p", &store);
+    assert!(again.trial_balance().unwrap().balanced);
+}
