@@ -155,6 +155,9 @@ struct Meta {
 pub enum ProjectionState {
     /// Kept current by the follower.
     Running,
+    /// Being built by the follower from position 0 (a new database, or a layout
+    /// change): it answers no query until it reaches the head as it was at start.
+    Building,
     /// A new version is being built; queries still answer from the current one.
     Rebuilding,
     /// Stopped at its checkpoint after an error (see `error`); restart or rebuild.
@@ -484,7 +487,11 @@ impl Projections {
             .map(|slot| {
                 let active = slot.active();
                 let checkpoint = *slot.checkpoint.borrow();
+                let building = slot.building_until.load(Ordering::Acquire);
                 let (state, rebuild, error) = match slot.state() {
+                    SlotState::Idle if following && building != 0 && checkpoint < building => {
+                        (ProjectionState::Building, None, None)
+                    }
                     SlotState::Idle if following => (ProjectionState::Running, None, None),
                     SlotState::Idle => (ProjectionState::Stopped, None, None),
                     SlotState::Rebuilding { version, checkpoint } => (

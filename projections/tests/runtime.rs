@@ -350,6 +350,8 @@ async fn a_new_projection_answers_only_once_built_from_the_whole_log() {
         assert!(matches!(projections.search_payments(&Default::default()), Err(ProjectionError::Building { .. })));
         let running = projections.start();
         wait_all(&projections, head).await;
+        let states: Vec<ProjectionState> = projections.status().await.unwrap().iter().map(|s| s.state).collect();
+        assert_eq!(states, [ProjectionState::Running; 4], "built: running");
         assert!(projections.trial_balance().unwrap().balanced);
         assert_eq!(projections.search_payments(&Default::default()).unwrap().data.len(), 20);
         running.stop().await;
