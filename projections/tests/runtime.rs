@@ -99,13 +99,24 @@ async fn wait_for_returns_once_applied_and_times_out_while_lagging() {
     running.stop().await;
 }
 
-/// The child side of the SIGKILL test: follows the log until killed.
+/// The child side of the SIGKILL test: follows the log until killed, in batches of 100
+/// events; with `PAYSTREAM_PROJECTIONS_CHILD_CATCH_UP=N`, in catch-up mode while more
+/// than N events behind (working sets kept across batches, flushed every N events).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_projector() {
     let Ok(dir) = std::env::var("PAYSTREAM_PROJECTIONS_CHILD_DIR") else { return };
     let dir = std::path::PathBuf::from(dir);
     let store = open_store(&dir);
-    let projections = open_projections(&dir, "projections", &store);
+    let config = paystream_projections::ProjectorConfig {
+        batch_events: 100,
+        rebuild_batch_events: std::env::var("PAYSTREAM_PROJECTIONS_CHILD_CATCH_UP")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(paystream_projections::runtime::DEFAULT_REBUILD_BATCH_EVENTS),
+        ..paystream_projections::ProjectorConfig::default()
+    };
+    let db = paystream_projections::open_db(&dir.join("projections")).unwrap();
+    let projections = paystream_projections::Projections::open(db, store.clone(), config).unwrap();
     let _running = projections.start();
     for _ in 0..12_000 {
         let lowest = ProjectionName::ALL.map(|n| projections.checkpoint(n)).into_iter().min().unwrap_or(0);
@@ -129,6 +140,8 @@ async fn projector_killed_mid_stream_resumes_to_the_replayed_model() {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "child_projector", "--nocapture", "--test-threads=1"])
             .env("PAYSTREAM_PROJECTIONS_CHILD_DIR", dir.path())
+            // The first child catches up in 1,000-event flushes, the second flushes every batch.
+            .env("PAYSTREAM_PROJECTIONS_CHILD_CATCH_UP", if round == 0 { "1000" } else { "50000" })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
