@@ -83,6 +83,8 @@ pub const PIPELINE_DEPTH: usize = 4;
 /// The same during a rebuild: enough for the reader to read and decode the next
 /// `rebuild_batch_events` (at the default) while the projections flush the last ones.
 pub const REBUILD_PIPELINE_DEPTH: usize = 12;
+/// Batches of at least this many events are decoded on two threads.
+const PARALLEL_DECODE_EVENTS: usize = 2_000;
 /// Pause before the follower retries after a store error.
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -817,14 +819,25 @@ fn per_sec(n: u64, elapsed: Duration) -> u64 {
 }
 
 async fn decode_blocking(
-    events: Vec<paystream_store::RecordedEvent>,
+    mut events: Vec<paystream_store::RecordedEvent>,
     first: Position,
 ) -> Result<Vec<Decoded>, ProjectionError> {
-    tokio::task::spawn_blocking(move || decode_batch(&events, first)).await.map_err(|e| ProjectionError::Invariant {
+    let join = |e: tokio::task::JoinError| ProjectionError::Invariant {
         projection: "runtime",
         position: first,
         detail: e.to_string(),
-    })?
+    };
+    // A large batch is decoded in two halves on two threads (decoding is most of a
+    // rebuild's reading).
+    if events.len() < PARALLEL_DECODE_EVENTS {
+        return tokio::task::spawn_blocking(move || decode_batch(&events, first)).await.map_err(join)?;
+    }
+    let tail = events.split_off(events.len() / 2);
+    let tail_first = first + events.len() as u64;
+    let tail = tokio::task::spawn_blocking(move || decode_batch(&tail, tail_first));
+    let mut head = tokio::task::spawn_blocking(move || decode_batch(&events, first)).await.map_err(join)??;
+    head.extend(tail.await.map_err(join)??);
+    Ok(head)
 }
 
 /// Reads the log from `from` and sends decoded batches. With `follow` it waits at the
