@@ -23,6 +23,8 @@ use crate::bus::decode;
 use crate::error::CommandError;
 
 const HOUR_SECONDS: i64 = 3_600;
+/// Events per read while catching up with the log at start.
+pub const CATCH_UP_BATCH: usize = 10_000;
 const DAY_SECONDS: i64 = 86_400;
 
 /// An API key as the authenticator needs it.
@@ -52,10 +54,26 @@ struct Inner {
     key_hashes: HashMap<ApiKeyId, String>,
     expiring: BTreeSet<(i64, PaymentId)>,
     expires_at: HashMap<PaymentId, i64>,
+    /// Latest event time seen (unix seconds): the clock the windows are pruned by.
+    latest_at: i64,
+    /// Events applied since the last prune.
+    since_prune: usize,
 }
+
+/// How often (in events applied) windows and volumes nobody can ask about any more
+/// are forgotten: without it every card, customer and day ever seen would stay in
+/// memory for the life of the process.
+const PRUNE_EVERY_EVENTS: usize = 10_000;
+/// Slack for clocks: a window is forgotten only this long after it stopped counting.
+const PRUNE_SLACK_SECONDS: i64 = 300;
 
 fn count_since(window: Option<&VecDeque<i64>>, since: i64) -> u32 {
     window.map_or(0, |w| w.iter().filter(|&&t| t >= since).count().try_into().unwrap_or(u32::MAX))
+}
+
+/// Keeps the windows with an entry newer than `since`.
+fn prune_windows<K: Eq + std::hash::Hash>(windows: &mut HashMap<K, VecDeque<i64>>, since: i64) {
+    windows.retain(|_, window| window.back().is_some_and(|&last| last >= since));
 }
 
 fn record(window: &mut VecDeque<i64>, at: i64, keep_seconds: i64) {
@@ -66,11 +84,30 @@ fn record(window: &mut VecDeque<i64>, at: i64, keep_seconds: i64) {
 }
 
 impl Inner {
+    /// Forgets, every [`PRUNE_EVERY_EVENTS`], what no risk rule or limit can read
+    /// any more: velocity windows past their span (by the latest event time, so every
+    /// node prunes alike) and daily volumes of days before yesterday (UTC).
+    fn maybe_prune(&mut self) {
+        self.since_prune += 1;
+        if self.since_prune < PRUNE_EVERY_EVENTS {
+            return;
+        }
+        self.since_prune = 0;
+        let now = self.latest_at;
+        prune_windows(&mut self.instrument_attempts, now - HOUR_SECONDS - PRUNE_SLACK_SECONDS);
+        prune_windows(&mut self.customer_attempts, now - HOUR_SECONDS - PRUNE_SLACK_SECONDS);
+        prune_windows(&mut self.instrument_declines, now - DAY_SECONDS - PRUNE_SLACK_SECONDS);
+        if let Some(yesterday) = Timestamp::from_unix_seconds(now - DAY_SECONDS).map(|t| t.utc_date()) {
+            self.daily_volume.retain(|(_, day, _), _| *day >= yesterday);
+        }
+    }
+
     fn apply_payment(&mut self, payment_id: PaymentId, event: &PaymentEvent) {
         use PaymentEvent as E;
         match event {
             E::PaymentInitiated { merchant_id, method, customer, initiated_at, .. } => {
                 let at = initiated_at.unix_seconds();
+                self.latest_at = self.latest_at.max(at);
                 let instrument = method.instrument_key();
                 record(self.instrument_attempts.entry(instrument.clone()).or_default(), at, HOUR_SECONDS);
                 if let Some(customer_id) = &customer.id {
@@ -150,16 +187,27 @@ impl Facts {
 
     /// Applies one event of the log. Events must come in position order.
     pub fn apply(&self, event: &RecordedEvent) -> Result<(), CommandError> {
-        if event.event_type.starts_with("ApiKey") {
-            let decoded: ApiKeyEvent = decode(event)?;
-            self.lock().apply_key(&decoded);
-        } else if event.event_type.starts_with("Payment") {
-            if let Some(payment_id) = payment_id_of(&event.stream_id) {
-                let decoded: PaymentEvent = decode(event)?;
-                self.lock().apply_payment(payment_id, &decoded);
+        self.apply_batch(std::slice::from_ref(event))
+    }
+
+    /// Applies events of the log in position order: one lock and one notification
+    /// for the whole batch (how the log is read at start).
+    pub fn apply_batch(&self, events: &[RecordedEvent]) -> Result<(), CommandError> {
+        let Some(last) = events.last() else { return Ok(()) };
+        {
+            let mut inner = self.lock();
+            for event in events {
+                inner.maybe_prune();
+                if event.event_type.starts_with("ApiKey") {
+                    inner.apply_key(&decode::<ApiKeyEvent>(event)?);
+                } else if event.event_type.starts_with("Payment") {
+                    if let Some(payment_id) = payment_id_of(&event.stream_id) {
+                        inner.apply_payment(payment_id, &decode::<PaymentEvent>(event)?);
+                    }
+                }
             }
         }
-        self.applied.send_replace(event.position);
+        self.applied.send_replace(last.position);
         Ok(())
     }
 
@@ -219,8 +267,21 @@ impl Facts {
         self.lock().expiring.iter().take_while(|(at, _)| *at <= cutoff).take(max).map(|(_, id)| *id).collect()
     }
 
-    /// Follows the log from position 1 for as long as the store is open.
+    /// Follows the log from position 1 for as long as the store is open: reads what
+    /// is there in batches of [`CATCH_UP_BATCH`], then follows a subscription.
     pub async fn follow(self: Arc<Self>, store: Arc<dyn EventStore>) -> Result<(), CommandError> {
+        loop {
+            let batch = match store.read_all(self.applied() + 1, CATCH_UP_BATCH).await {
+                Ok(batch) => batch,
+                Err(StoreError::Closed) => return Ok(()),
+                Err(error) => return Err(error.into()),
+            };
+            let full = batch.len() == CATCH_UP_BATCH;
+            self.apply_batch(&batch)?;
+            if !full {
+                break;
+            }
+        }
         let mut subscription = store.subscribe(self.applied() + 1).await?;
         loop {
             match subscription.next().await {
@@ -229,5 +290,42 @@ impl Facts {
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `PRUNE_EVERY_EVENTS`, windows that stopped counting (plus the slack) and
+    /// daily volumes before yesterday are forgotten; everything a rule can still read
+    /// stays.
+    #[test]
+    fn what_no_rule_can_read_any_more_is_forgotten() {
+        let day = |d: u8| time::Date::from_calendar_date(2027, time::Month::January, d).unwrap_or(time::Date::MIN);
+        let merchant = MerchantId::from_uuid(uuid::Uuid::from_u128(7));
+        let now = Timestamp::from_unix_seconds(1_799_020_800).unwrap(); // 2027-01-04T00:00:00Z
+        let at = now.unix_seconds();
+        let mut inner = Inner { latest_at: at, ..Inner::default() };
+        inner.instrument_attempts.insert("stale".into(), VecDeque::from([at - HOUR_SECONDS - PRUNE_SLACK_SECONDS - 1]));
+        inner.instrument_attempts.insert("fresh".into(), VecDeque::from([at - HOUR_SECONDS]));
+        inner.customer_attempts.insert((merchant, "stale".into()), VecDeque::from([at - 2 * HOUR_SECONDS]));
+        inner.customer_attempts.insert((merchant, "fresh".into()), VecDeque::from([at - 60]));
+        inner.instrument_declines.insert("stale".into(), VecDeque::from([at - 2 * DAY_SECONDS]));
+        inner.instrument_declines.insert("fresh".into(), VecDeque::from([at - DAY_SECONDS + 60]));
+        for d in [1, 2, 3, 4] {
+            inner.daily_volume.insert((merchant, day(d), Currency::USD), 100);
+        }
+        for _ in 1..PRUNE_EVERY_EVENTS {
+            inner.maybe_prune();
+        }
+        assert_eq!(inner.instrument_attempts.len(), 2, "nothing is pruned before the interval");
+        inner.maybe_prune();
+        assert_eq!(inner.instrument_attempts.keys().collect::<Vec<_>>(), ["fresh"]);
+        assert_eq!(inner.customer_attempts.keys().map(|(_, c)| c.as_str()).collect::<Vec<_>>(), ["fresh"]);
+        assert_eq!(inner.instrument_declines.keys().collect::<Vec<_>>(), ["fresh"]);
+        let mut days: Vec<time::Date> = inner.daily_volume.keys().map(|(_, d, _)| *d).collect();
+        days.sort();
+        assert_eq!(days, [day(3), day(4)], "yesterday and today stay");
     }
 }

@@ -302,7 +302,7 @@ impl Default for SimOptions {
             seed: 7,
             merchants: 20,
             currencies: vec![Currency::USD, Currency::EUR, Currency::CNY, Currency::JPY, Currency::KWD],
-            start: Timestamp::from_unix_seconds(1_798_675_200).unwrap_or_else(epoch), // 2027-01-01T00:00:00Z
+            start: Timestamp::from_unix_seconds(1_798_675_200).unwrap_or_else(epoch), // 2026-12-31T00:00:00Z
             spacing_ms: 400,
             refund_percent: 12,
             dispute_percent: 4,
