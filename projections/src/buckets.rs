@@ -308,12 +308,23 @@ mod tests {
         db.open_tree("t").unwrap()
     }
 
+    /// How a run keeps its set between flushes.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        /// A fresh set after each flush (reads everything back from the tree).
+        Fresh,
+        /// One set throughout, starting on an empty tree (a rebuild).
+        Rebuild,
+        /// One set starting on an empty tree that forgets its clean buckets after
+        /// each flush (a rebuild past `MAX_WORKING_SET_RECORDS`).
+        Evicting,
+    }
+
     /// Applies `ops` (insert key, or bump key's counter when present) to a set,
-    /// flushing to `tree` after every `flush_every` ops, with a fresh set after each
-    /// flush when `fresh` (as the live follower does), or one set throughout.
-    fn run(tree: &sled::Tree, ops: &[(u16, bool)], flush_every: usize, fresh: bool, cap: usize) {
+    /// flushing to `tree` after every `flush_every` ops.
+    fn run(tree: &sled::Tree, ops: &[(u16, bool)], flush_every: usize, mode: Mode, cap: usize) {
         let mut set: BucketSet<Counter> = BucketSet::new(P, cap);
-        if !fresh {
+        if mode != Mode::Fresh {
             set.assume_empty_tree();
         }
         for (i, (n, bump)) in ops.iter().enumerate() {
@@ -328,8 +339,10 @@ mod tests {
                 let mut batch = sled::Batch::default();
                 set.flush(&mut batch);
                 tree.apply_batch(batch).unwrap();
-                if fresh {
-                    set = BucketSet::new(P, cap);
+                match mode {
+                    Mode::Fresh => set = BucketSet::new(P, cap),
+                    Mode::Evicting => set.evict(),
+                    Mode::Rebuild => {}
                 }
             }
         }
@@ -371,10 +384,13 @@ mod tests {
                 }
             }
             let live = tree();
-            run(&live, &ops, flush_every, true, cap);
+            run(&live, &ops, flush_every, Mode::Fresh, cap);
             let rebuilt = tree();
-            run(&rebuilt, &ops, 1_000_000, false, cap);
+            run(&rebuilt, &ops, 1_000_000, Mode::Rebuild, cap);
             prop_assert_eq!(dump(&live), dump(&rebuilt));
+            let evicting = tree();
+            run(&evicting, &ops, flush_every, Mode::Evicting, cap);
+            prop_assert_eq!(dump(&live), dump(&evicting));
             for (prefix, rest) in [(b"a", 0u16), (b"b", 1)] {
                 let want: Vec<Counter> = model.iter().filter(|(n, _)| (*n % 3 == 0) == (rest == 0))
                     .map(|(n, c)| Counter(member_key(*n), *c)).collect();
@@ -394,7 +410,7 @@ mod tests {
     #[test]
     fn a_missing_member_is_none() {
         let t = tree();
-        run(&t, &[(3, false), (9, false)], 1, true, 4);
+        run(&t, &[(3, false), (9, false)], 1, Mode::Fresh, 4);
         assert_eq!(find::<Counter>(&t, P, b"a", &member_key(6)).unwrap(), None);
         assert_eq!(find::<Counter>(&t, P, b"a", &member_key(12)).unwrap(), None);
         assert_eq!(find::<Counter>(&t, P, b"b", &member_key(3)).unwrap(), None);
