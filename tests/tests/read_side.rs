@@ -694,3 +694,35 @@ fn every_list_answers_csv_with_a_header() {
     let (projections, _) = csv_of(&server, &analyst, "/v1/projections");
     assert_eq!(projections.len(), 5, "a header and the four projections: {projections:?}");
 }
+
+/// A server started on a log without its projections database (deleted, or lost)
+/// rebuilds every read model from the log, and answers exactly as before once it
+/// has caught up: nothing of the read side needs keeping.
+#[test]
+fn read_models_are_rebuilt_from_the_log_when_their_database_is_gone() {
+    let data = paystream_tests::server::temp_data_dir();
+    let mut server = Server::start_in(data.path(), "warn");
+    let merchant = onboard(&server, "Phoenix Shop", "B");
+    for amount in [1_000, 2_500, 4_000] {
+        merchant.pay(&card_payment(amount, "automatic"));
+    }
+    let analyst_key = issue_key(&server.admin(), "analyst", None).1;
+    let head = server.admin().head_position();
+    let reads = |server: &Server| {
+        let analyst = server.client(&analyst_key);
+        let wait = format!("min_position={head}");
+        (
+            analyst.get(&format!("/v1/payments?{wait}")).expect(200),
+            analyst.get(&format!("/v1/ledger/trial_balance?{wait}")).expect(200),
+            analyst.get(&format!("/v1/ledger/accounts?{wait}")).expect(200),
+        )
+    };
+    let before = reads(&server);
+    assert_eq!(server.stop().code(), Some(0), "{}", server.stderr_text());
+    std::fs::remove_dir_all(data.path().join("projections")).unwrap();
+
+    let server = Server::start_in(data.path(), "warn");
+    assert_eq!(reads(&server), before);
+    let states: Vec<Value> = projection_status(&server.admin()).iter().map(|p| p["state"].clone()).collect();
+    assert_eq!(states, vec![json!("running"); 4]);
+}
