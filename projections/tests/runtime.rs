@@ -16,11 +16,7 @@ use paystream_store::EventStore;
 async fn live_follow_equals_replay_and_online_rebuild_is_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
-    let (mut sim, merchants) = Simulator::new(SimOptions { seed: 11, ..SimOptions::default() }).unwrap();
-    for (stream, events) in merchants {
-        let encoded = events.iter().map(paystream_projections::sim::encode).collect();
-        store.append(&stream, paystream_store::ExpectedVersion::NoStream, encoded).await.unwrap();
-    }
+    let mut sim = start_log(&store, SimOptions { seed: 11, ..SimOptions::default() }).await;
     // Live: the runtime follows while events arrive, in many small batches.
     let live = open_projections(dir.path(), "live", &store);
     let running = live.start();
@@ -115,8 +111,7 @@ async fn child_projector() {
             .unwrap_or(paystream_projections::runtime::DEFAULT_REBUILD_BATCH_EVENTS),
         ..paystream_projections::ProjectorConfig::default()
     };
-    let db = paystream_projections::open_db(&dir.join("projections")).unwrap();
-    let projections = paystream_projections::Projections::open(db, store.clone(), config).unwrap();
+    let projections = open_projections_with(&dir, "projections", &store, config);
     let _running = projections.start();
     for _ in 0..12_000 {
         let lowest = ProjectionName::ALL.map(|n| projections.checkpoint(n)).into_iter().min().unwrap_or(0);
@@ -204,11 +199,7 @@ async fn rebuild_gives_the_same_bytes_whatever_the_flush_interval() {
 async fn a_second_rebuild_of_a_rebuilding_projection_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
-    let (mut sim, merchants) = Simulator::new(SimOptions { seed: 5, ..SimOptions::default() }).unwrap();
-    for (stream, events) in merchants {
-        let encoded = events.iter().map(paystream_projections::sim::encode).collect();
-        store.append(&stream, paystream_store::ExpectedVersion::NoStream, encoded).await.unwrap();
-    }
+    let mut sim = start_log(&store, SimOptions { seed: 5, ..SimOptions::default() }).await;
     append_payments(&store, &mut sim, 50).await;
     let projections = open_projections(dir.path(), "p", &store);
     // On a current-thread runtime the spawned rebuild cannot start before we await.
@@ -230,11 +221,7 @@ async fn a_second_rebuild_of_a_rebuilding_projection_is_refused_at_once() {
 async fn a_layout_change_never_reuses_a_tree_left_by_an_interrupted_rebuild() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
-    let (mut sim, merchants) = Simulator::new(SimOptions { seed: 9, ..SimOptions::default() }).unwrap();
-    for (stream, events) in merchants {
-        let encoded = events.iter().map(paystream_projections::sim::encode).collect();
-        store.append(&stream, paystream_store::ExpectedVersion::NoStream, encoded).await.unwrap();
-    }
+    let mut sim = start_log(&store, SimOptions { seed: 9, ..SimOptions::default() }).await;
     let head = append_payments(&store, &mut sim, 40).await;
     {
         let projections = open_projections(dir.path(), "p", &store);
@@ -272,11 +259,7 @@ async fn a_layout_change_never_reuses_a_tree_left_by_an_interrupted_rebuild() {
 async fn queries_answer_while_rebuilds_switch_versions() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
-    let (mut sim, merchants) = Simulator::new(SimOptions { seed: 13, ..SimOptions::default() }).unwrap();
-    for (stream, events) in merchants {
-        let encoded = events.iter().map(paystream_projections::sim::encode).collect();
-        store.append(&stream, paystream_store::ExpectedVersion::NoStream, encoded).await.unwrap();
-    }
+    let mut sim = start_log(&store, SimOptions { seed: 13, ..SimOptions::default() }).await;
     let head = append_payments(&store, &mut sim, 30).await;
     let projections = open_projections(dir.path(), "p", &store);
     let running = projections.start();
@@ -312,19 +295,14 @@ async fn queries_answer_while_rebuilds_switch_versions() {
 async fn a_follower_catching_up_from_far_behind_ends_with_the_replayed_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
-    let (mut sim, merchants) = Simulator::new(SimOptions { seed: 17, ..SimOptions::default() }).unwrap();
-    for (stream, events) in merchants {
-        let encoded = events.iter().map(paystream_projections::sim::encode).collect();
-        store.append(&stream, paystream_store::ExpectedVersion::NoStream, encoded).await.unwrap();
-    }
+    let mut sim = start_log(&store, SimOptions { seed: 17, ..SimOptions::default() }).await;
     append_payments(&store, &mut sim, 600).await;
     let config = paystream_projections::ProjectorConfig {
         batch_events: 40,
         rebuild_batch_events: 300,
         ..paystream_projections::ProjectorConfig::default()
     };
-    let db = paystream_projections::open_db(&dir.path().join("live")).unwrap();
-    let live = paystream_projections::Projections::open(db, store.clone(), config).unwrap();
+    let live = open_projections_with(dir.path(), "live", &store, config);
     let running = live.start();
     let rebuild = tokio::spawn({
         let live = live.clone();

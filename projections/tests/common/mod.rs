@@ -15,16 +15,31 @@ pub fn open_store(dir: &Path) -> Arc<EmbeddedStore> {
 }
 
 pub fn open_projections(dir: &Path, db_name: &str, store: &Arc<EmbeddedStore>) -> Projections {
+    open_projections_with(dir, db_name, store, ProjectorConfig::default())
+}
+
+pub fn open_projections_with(
+    dir: &Path,
+    db_name: &str,
+    store: &Arc<EmbeddedStore>,
+    config: ProjectorConfig,
+) -> Projections {
     let db = open_db(&dir.join(db_name)).expect("open projections db");
-    Projections::open(db, store.clone(), ProjectorConfig::default()).expect("open projections")
+    Projections::open(db, store.clone(), config).expect("open projections")
+}
+
+/// Appends the simulation's merchants; returns the simulator, for payments.
+pub async fn start_log(store: &EmbeddedStore, options: SimOptions) -> Simulator {
+    let (sim, merchants) = Simulator::new(options).expect("simulator");
+    for (stream, events) in merchants {
+        store.append(&stream, ExpectedVersion::NoStream, events.iter().map(encode).collect()).await.expect("append");
+    }
+    sim
 }
 
 /// Appends merchants and `payments` simulated payment lives; returns the head.
 pub async fn fill(store: &EmbeddedStore, options: SimOptions, payments: usize) -> Position {
-    let (mut sim, merchants) = Simulator::new(options).expect("simulator");
-    for (stream, events) in merchants {
-        store.append(&stream, ExpectedVersion::NoStream, events.iter().map(encode).collect()).await.expect("append");
-    }
+    let mut sim = start_log(store, options).await;
     append_payments(store, &mut sim, payments).await
 }
 
