@@ -941,9 +941,9 @@ impl Inner {
     }
 
     /// Stores what the follower's kept targets applied but did not flush yet.
-    fn flush_kept(&self, kept: &mut [Option<Target>]) {
-        for (index, target) in kept.iter_mut().enumerate() {
-            let Some(mut target) = target.take() else { continue };
+    fn flush_kept(&self, kept: Vec<Option<Target>>) {
+        for (index, target) in kept.into_iter().enumerate() {
+            let Some(mut target) = target else { continue };
             let slot = &self.slots[index];
             let _write = slot.write.blocking_lock();
             if target.tree.name() != slot.active().tree.name() {
@@ -1020,15 +1020,13 @@ async fn follow(inner: Arc<Inner>) {
                 }
             }
         }
+        // The reader stopped (shutdown, or an error to retry from the checkpoints):
+        // store what the kept sets hold and start the next round with fresh ones.
+        let held = std::mem::replace(&mut kept, (0..inner.slots.len()).map(|_| None).collect());
         let flushing = Arc::clone(&inner);
-        let mut held = std::mem::take(&mut kept);
-        let flushed = tokio::task::spawn_blocking(move || {
-            flushing.flush_kept(&mut held);
-            held
-        })
-        .await;
-        kept = flushed.unwrap_or_default();
-        kept.resize_with(inner.slots.len(), || None);
+        if let Err(error) = tokio::task::spawn_blocking(move || flushing.flush_kept(held)).await {
+            tracing::error!(%error, "projection follower: flushing its working sets failed");
+        }
         match join_reader(reader).await {
             Ok(()) => {}
             Err(ProjectionError::Store(StoreError::Closed)) => {
