@@ -19,7 +19,7 @@ use paystream_projections::csv::CsvWriter;
 use paystream_projections::dashboard::DashboardQuery;
 use paystream_projections::overview::{Dimension, OverviewQuery};
 use paystream_projections::search::{write_csv, SearchPage, SearchQuery};
-use paystream_projections::{ledger, overview, ProjectionError, ProjectionName};
+use paystream_projections::{dashboard, ledger, overview, ProjectionError, ProjectionName};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -138,7 +138,7 @@ fn wants_csv(headers: &HeaderMap) -> bool {
 /// Flattens JSON objects into CSV rows: one column per scalar field, nested
 /// objects as `outer.inner`, arrays as JSON text; columns in the order the
 /// fields are first seen (alphabetical within an object). For list items that
-/// have no CSV form of their own (dashboard days, projection statuses).
+/// have no CSV form of their own (projection statuses).
 pub fn rows_to_csv(rows: &[Value], out: &mut dyn std::io::Write) -> Result<(), ProjectionError> {
     fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
         match value {
@@ -268,8 +268,7 @@ pub async fn merchant_dashboard(
     let query = DashboardQuery { merchant_id, from, to, currency: params.parse("currency", "an ISO 4217 code")? };
     wait(&state, &[ProjectionName::MerchantDashboard], &params).await?;
     let report = state.projections.dashboard(&query)?;
-    let body = serde_json::to_value(&report).map_err(|_| ApiError::internal())?;
-    respond(&headers, &body, |out| rows_to_csv(&array(&body, "days"), out))
+    respond(&headers, &report, |out| dashboard::write_days_csv(&report.days, out))
 }
 
 pub async fn search_payments(

@@ -93,18 +93,11 @@ impl ReadModel for MerchantDashboard {
 
     fn export_csv(&self, tree: &sled::Tree, out: &mut dyn Write) -> Result<(), ProjectionError> {
         let mut csv = CsvWriter::new(out);
-        let mut header = vec!["merchant_id", "date", "currency"];
-        header.extend(FIGURE_COLUMNS);
-        header.extend(METHOD_TYPES.iter().map(|m| method_column(m)));
-        csv.row(header)?;
+        csv.row(["merchant_id"].into_iter().chain(day_columns()))?;
         for item in tree.scan_prefix(b"d") {
             let (key, value) = item?;
             let (merchant, date, currency, row) = parse_day(&key, &value)?;
-            let figures = DayFigures::new(date, currency, row);
-            let mut cells = vec![merchant.to_string(), figures.date.clone(), currency.to_string()];
-            cells.extend(figure_cells(&figures.counters, &figures.derived));
-            cells.extend(row.method_mix.iter().map(i64::to_string));
-            csv.row(cells)?;
+            csv.row([merchant.to_string()].into_iter().chain(day_cells(&DayFigures::new(date, currency, row))))?;
         }
         Ok(())
     }
@@ -282,6 +275,29 @@ pub struct DayFigures {
     pub derived: Derived,
     /// Attempted payments per method type (`card`, `bank_transfer`, `wallet`, `qr_code`, `nfc`).
     pub method_mix: BTreeMap<String, i64>,
+}
+
+/// Columns of a day of a dashboard in CSV.
+fn day_columns() -> impl Iterator<Item = &'static str> {
+    ["date", "currency"].into_iter().chain(FIGURE_COLUMNS).chain(METHOD_TYPES.iter().map(|m| method_column(m)))
+}
+
+fn day_cells(day: &DayFigures) -> Vec<String> {
+    let mut cells = vec![day.date.clone(), day.currency.to_string()];
+    cells.extend(figure_cells(&day.counters, &day.derived));
+    cells.extend(METHOD_TYPES.iter().map(|m| day.method_mix.get(*m).copied().unwrap_or(0).to_string()));
+    cells
+}
+
+/// Writes the days of a dashboard report as CSV (the columns of `paystream export
+/// --projection merchant_dashboard`, without the merchant).
+pub fn write_days_csv(days: &[DayFigures], out: &mut dyn Write) -> Result<(), ProjectionError> {
+    let mut csv = CsvWriter::new(out);
+    csv.row(day_columns())?;
+    for day in days {
+        csv.row(day_cells(day))?;
+    }
+    Ok(())
 }
 
 impl DayFigures {

@@ -689,7 +689,10 @@ fn every_list_answers_csv_with_a_header() {
 
     let dashboard = format!("/v1/merchants/{}/dashboard?from={today}&to={today}&{wait}", merchant.id);
     let (days, _) = csv_of(&server, &merchant.client, &dashboard);
-    assert!(days.len() >= 2 && days[0].iter().any(|c| c == "currency"), "{days:?}");
+    assert_eq!(&days[0][..2], ["date", "currency"]);
+    assert!(days[0].iter().any(|c| c == "method_card_count"), "{:?}", days[0]);
+    assert_eq!(days.len(), 2, "one day with activity: {days:?}");
+    assert_eq!((days[1][0].as_str(), days[1][1].as_str()), (today.as_str(), "USD"));
 
     let (projections, _) = csv_of(&server, &analyst, "/v1/projections");
     assert_eq!(projections.len(), 5, "a header and the four projections: {projections:?}");
