@@ -31,6 +31,8 @@ const ANALYSTS: &[Role] = &[Role::Admin, Role::Analyst];
 const DASHBOARD_READERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Merchant];
 const SEARCHERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Auditor, Role::Merchant];
 const JOURNAL_READERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Auditor];
+/// What a `currency` query parameter must be.
+const CURRENCY_EXPECTED: &str = "an ISO 4217 code";
 /// What a `merchant_id` query parameter must be.
 const MERCHANT_ID_EXPECTED: &str = "a merchant id (mer_...)";
 /// Carries the `next_cursor` of a CSV page of search results.
@@ -265,7 +267,7 @@ pub async fn merchant_dashboard(
     }
     let params = Params::new(raw, &["from", "to", "currency"])?;
     let (from, to) = date_range(&params)?;
-    let query = DashboardQuery { merchant_id, from, to, currency: params.parse("currency", "an ISO 4217 code")? };
+    let query = DashboardQuery { merchant_id, from, to, currency: params.parse("currency", CURRENCY_EXPECTED)? };
     wait(&state, &[ProjectionName::MerchantDashboard], &params).await?;
     let report = state.projections.dashboard(&query)?;
     respond(&headers, &report, |out| dashboard::write_days_csv(&report.days, out))
@@ -314,7 +316,7 @@ pub async fn search_payments(
         merchant_id,
         status,
         method_type: params.text("method").map(str::to_string),
-        currency: params.parse("currency", "an ISO 4217 code")?,
+        currency: params.parse("currency", CURRENCY_EXPECTED)?,
         created_from: params.instant("from")?,
         created_to: params.end_instant("to")?,
         min_amount_minor: params.parse("min_amount", "an integer amount in minor units")?,
@@ -360,7 +362,7 @@ pub async fn analytics_overview(
         .unwrap_or_default();
     let merchant_id = params.parse("merchant_id", MERCHANT_ID_EXPECTED)?;
     let query =
-        OverviewQuery { from, to, group_by, merchant_id, currency: params.parse("currency", "an ISO 4217 code")? };
+        OverviewQuery { from, to, group_by, merchant_id, currency: params.parse("currency", CURRENCY_EXPECTED)? };
     wait(&state, &[ProjectionName::PlatformOverview], &params).await?;
     let report = state.projections.overview(&query)?;
     respond(&headers, &report, |out| overview::write_csv(&report, out))
@@ -374,7 +376,7 @@ pub async fn ledger_accounts(
 ) -> Result<Response, ApiError> {
     caller.require(ANALYSTS)?;
     let params = Params::new(raw, &["currency"])?;
-    let currency: Option<Currency> = params.parse("currency", "an ISO 4217 code")?;
+    let currency: Option<Currency> = params.parse("currency", CURRENCY_EXPECTED)?;
     wait(&state, &[ProjectionName::Ledger], &params).await?;
     let accounts = state.projections.ledger_accounts(currency)?;
     respond(&headers, &json!({"object": "list", "data": accounts}), |out| ledger::write_accounts_csv(&accounts, out))
