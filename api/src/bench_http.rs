@@ -108,7 +108,7 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
             std::env::set_var("PAYSTREAM_ADMIN_KEY", &admin_key);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
-            let opened = crate::server::open(&options.data).await?;
+            let opened = crate::server::open(&options.data, &crate::server::Tuning::default()).await?;
             crate::server::bootstrap_admin(&opened.services).await?;
             // The projections follow the log during the load, as in production
             // (dropping the handle leaves them running).

@@ -13,14 +13,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use paystream_api::server::{serve, BoxError, ServeOptions};
+use paystream_api::server::{serve, BoxError, ServeOptions, Tuning};
 use std::sync::Arc;
 
 use paystream_projections::{ProjectionName, Projections};
 use paystream_store::{EmbeddedStore, EventStore};
 
 const USAGE: &str = "usage:
-  paystream serve [--data DIR] [--listen ADDR]
+  paystream serve [--data DIR] [--listen ADDR] [--store-cache-mib N] [--facts-cache-mib N]
+                  [--projections-cache-mib N] [--idempotency-window-seconds N] [--pending-after-seconds N]
   paystream verify [--data DIR]
   paystream replay [--projection NAME] [--data DIR]
   paystream export --projection NAME [--format csv] [--data DIR]
@@ -57,6 +58,33 @@ impl Args {
             Some((name, _)) => Err(format!("unknown option --{name}")),
             None => Ok(()),
         }
+    }
+
+    /// A positive whole number option, or its default.
+    fn positive(&self, name: &str, default: u64) -> Result<u64, String> {
+        match self.option(name) {
+            None => Ok(default),
+            Some(text) => match text.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("--{name}: expected a whole number above 0, got {text:?}")),
+            },
+        }
+    }
+
+    /// The memory budget and windows of `serve` (see `Tuning`).
+    fn tuning(&self) -> Result<Tuning, String> {
+        let d = Tuning::default();
+        Ok(Tuning {
+            store_cache_mib: self.positive("store-cache-mib", d.store_cache_mib)?,
+            facts_cache_mib: self.positive("facts-cache-mib", d.facts_cache_mib)?,
+            projections_cache_mib: self.positive("projections-cache-mib", d.projections_cache_mib)?,
+            idempotency_window: std::time::Duration::from_secs(
+                self.positive("idempotency-window-seconds", d.idempotency_window.as_secs())?,
+            ),
+            pending_after: std::time::Duration::from_secs(
+                self.positive("pending-after-seconds", d.pending_after.as_secs())?,
+            ),
+        })
     }
 
     fn data(&self) -> PathBuf {
@@ -100,10 +128,19 @@ fn init_tracing() {
 async fn run(args: Args) -> Result<(), BoxError> {
     match args.positional.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["serve"] => {
-            args.check_known(&["data", "listen"])?;
+            args.check_known(&[
+                "data",
+                "listen",
+                "store-cache-mib",
+                "facts-cache-mib",
+                "projections-cache-mib",
+                "idempotency-window-seconds",
+                "pending-after-seconds",
+            ])?;
             let listen: SocketAddr =
                 args.option("listen").unwrap_or("127.0.0.1:8080").parse().map_err(|e| format!("--listen: {e}"))?;
-            serve(ServeOptions { data: args.data(), listen }).await
+            let tuning = args.tuning()?;
+            serve(ServeOptions { data: args.data(), listen, tuning }).await
         }
         ["verify"] => {
             args.check_known(&["data"])?;

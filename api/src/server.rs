@@ -28,6 +28,44 @@ pub const EXPIRY_SWEEP_BATCH: usize = 1_000;
 pub struct ServeOptions {
     pub data: PathBuf,
     pub listen: SocketAddr,
+    pub tuning: Tuning,
+}
+
+/// The memory budget and retention windows of a server: each a `serve`
+/// option, each default a named constant of the crate that owns the part
+/// (docs/ARCHITECTURE.md, "Memory budget").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// `--store-cache-mib`: the event log's index caches and its sled cache.
+    pub store_cache_mib: u64,
+    /// `--facts-cache-mib`: the write side's facts (velocity, volumes, pending).
+    pub facts_cache_mib: u64,
+    /// `--projections-cache-mib`: the read models' working sets and sled cache.
+    pub projections_cache_mib: u64,
+    /// `--idempotency-window-seconds`: how long an `Idempotency-Key` is remembered.
+    pub idempotency_window: Duration,
+    /// `--pending-after-seconds`: how long a payment may wait for the acquirer's
+    /// answer before the recovery sweep asks the acquirer for it.
+    pub pending_after: Duration,
+}
+
+/// Defaults of [`Tuning`].
+pub const DEFAULT_STORE_CACHE_MIB: u64 = 48;
+pub const DEFAULT_FACTS_CACHE_MIB: u64 = 32;
+pub const DEFAULT_PROJECTIONS_CACHE_MIB: u64 = 64;
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3_600);
+pub const DEFAULT_PENDING_AFTER: Duration = Duration::from_secs(60);
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            store_cache_mib: DEFAULT_STORE_CACHE_MIB,
+            facts_cache_mib: DEFAULT_FACTS_CACHE_MIB,
+            projections_cache_mib: DEFAULT_PROJECTIONS_CACHE_MIB,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            pending_after: DEFAULT_PENDING_AFTER,
+        }
+    }
 }
 
 /// Everything that can stop the server from starting.
@@ -82,7 +120,8 @@ pub async fn open_projections(data: &Path, store: Arc<dyn EventStore>) -> Result
 
 /// Opens the log and builds the write side, with the facts caught up, and
 /// the read side.
-pub async fn open(data: &Path) -> Result<Opened, BoxError> {
+pub async fn open(data: &Path, tuning: &Tuning) -> Result<Opened, BoxError> {
+    let _ = tuning; // wired part by part: store, facts, projections
     std::fs::create_dir_all(data)?;
     let store_dir = data.to_path_buf();
     let store: Arc<dyn EventStore> =
@@ -148,7 +187,7 @@ async fn shutdown_signal() {
 }
 
 pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
-    let Opened { services, store, projections } = open(&options.data).await?;
+    let Opened { services, store, projections } = open(&options.data, &options.tuning).await?;
     bootstrap_admin(&services).await?;
     let read_side = projections.start();
     let sweeper = tokio::spawn({
