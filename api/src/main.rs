@@ -6,7 +6,8 @@
 //! paystream replay [--projection NAME] [--data DIR] rebuild read models offline from position 0
 //! paystream export --projection NAME [--format csv] a read model as CSV on stdout
 //! paystream bench store [--events N] [--dir DIR]  event log benchmark (docs/performance.md)
-//! paystream bench http [--clients 64] [--seconds 10] payment API load test (docs/performance.md)
+//! paystream bench http [--clients 64] [--seconds 10] [--interval-seconds 60] payment API load and soak test
+//!                      (server as a child process: RSS, p50/p99 per interval, restart time; docs/performance.md)
 //! ```
 
 use std::net::SocketAddr;
@@ -26,7 +27,9 @@ const USAGE: &str = "usage:
   paystream replay [--projection NAME] [--data DIR]
   paystream export --projection NAME [--format csv] [--data DIR]
   paystream bench store [--events N] [--dir DIR]
-  paystream bench http [--clients 64] [--seconds 10] [--url HOST:PORT --admin-key KEY] [--data DIR]";
+  paystream bench http [--clients 64] [--seconds 10] [--interval-seconds 60] [--data DIR]
+                       [--store-cache-mib N] [--facts-cache-mib N] [--projections-cache-mib N]
+  paystream bench http --url HOST:PORT --admin-key KEY [--clients 64] [--seconds 10] [--interval-seconds 60]";
 
 struct Args {
     positional: Vec<String>,
@@ -206,36 +209,64 @@ async fn run(args: Args) -> Result<(), BoxError> {
             Ok(())
         }
         ["bench", "http"] => {
-            args.check_known(&["clients", "seconds", "url", "admin-key", "data"])?;
-            let clients = args.option("clients").unwrap_or("64").parse().map_err(|e| format!("--clients: {e}"))?;
-            let seconds: u64 = args.option("seconds").unwrap_or("10").parse().map_err(|e| format!("--seconds: {e}"))?;
+            args.check_known(&[
+                "clients",
+                "seconds",
+                "interval-seconds",
+                "url",
+                "admin-key",
+                "data",
+                "store-cache-mib",
+                "facts-cache-mib",
+                "projections-cache-mib",
+            ])?;
+            use paystream_api::bench_http::{ChildServer, HttpBenchOptions, Target, DEFAULT_CLIENTS, DEFAULT_INTERVAL};
+            let clients = usize::try_from(args.positive("clients", DEFAULT_CLIENTS as u64)?)
+                .map_err(|e| format!("--clients: {e}"))?;
+            let seconds = args.positive("seconds", 10)?;
+            let interval = args.positive("interval-seconds", DEFAULT_INTERVAL.as_secs())?;
+            // Checked as `serve` checks them, then forwarded to the child as given.
+            args.tuning()?;
+            let serve_args: Vec<String> = ["store-cache-mib", "facts-cache-mib", "projections-cache-mib"]
+                .into_iter()
+                .filter_map(|name| args.option(name).map(|value| [format!("--{name}"), value.to_string()]))
+                .flatten()
+                .collect();
+            let temporary = args.option("data").is_none();
+            let data = match args.option("data") {
+                Some(dir) => PathBuf::from(dir),
+                None => std::env::temp_dir().join(format!("paystream-bench-http-{}", std::process::id())),
+            };
             let target = match (args.option("url"), args.option("admin-key")) {
                 (Some(url), Some(key)) => {
+                    if !serve_args.is_empty() || !temporary {
+                        return Err("--url measures a running server: --data and the serve options do not apply".into());
+                    }
                     let addr = url
                         .trim_start_matches("http://")
                         .trim_end_matches('/')
                         .parse()
                         .map_err(|e| format!("--url: {e}"))?;
-                    Some((addr, key.to_string()))
+                    Target::Running { addr, admin_key: key.to_string() }
                 }
-                (None, None) => None,
+                (None, None) => {
+                    let exe = std::env::current_exe().map_err(|e| format!("cannot find the paystream binary: {e}"))?;
+                    Target::Child(ChildServer { exe, data: data.clone(), serve_args })
+                }
                 _ => return Err("--url and --admin-key go together".into()),
             };
-            let data = match args.option("data") {
-                Some(dir) => PathBuf::from(dir),
-                None => std::env::temp_dir().join(format!("paystream-bench-http-{}", std::process::id())),
-            };
-            let options = paystream_api::bench_http::HttpBenchOptions {
+            let child = matches!(target, Target::Child(_));
+            let options = HttpBenchOptions {
                 clients,
                 duration: std::time::Duration::from_secs(seconds),
+                interval: std::time::Duration::from_secs(interval),
                 target,
-                data: data.clone(),
             };
-            let report = paystream_api::bench_http::run(options).await?;
-            println!("{report}");
-            if args.option("data").is_none() {
+            let result = paystream_api::bench_http::run(options).await;
+            if child && temporary {
                 let _ = std::fs::remove_dir_all(&data);
             }
+            println!("{}", result?);
             Ok(())
         }
         _ => Err(USAGE.into()),
