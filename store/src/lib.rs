@@ -12,7 +12,10 @@ mod error;
 mod event_store;
 mod types;
 
-pub use embedded::{EmbeddedOptions, EmbeddedStore, OpenReport, DEFAULT_SEGMENT_BYTES};
+pub use embedded::{
+    EmbeddedOptions, EmbeddedStore, OpenReport, TailReport, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_INDEX_CACHE_BYTES,
+    DEFAULT_SEGMENT_BYTES,
+};
 pub use error::{InvalidAppend, StoreError};
 pub use event_store::{
     CatchUp, EventStore, LogReader, Subscription, SubscriptionSource, VerifyReport, SUBSCRIPTION_READ_BATCH,

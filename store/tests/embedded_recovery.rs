@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::open_embedded;
+use common::{open_embedded, open_embedded_with, rewind_synced};
 use paystream_store::contract::{event, keyed_event};
 use paystream_store::{EmbeddedStore, EventStore, ExpectedVersion, RecordedEvent, StoreError};
 
@@ -89,6 +89,8 @@ async fn torn_tail_in_the_middle_of_a_record_is_cut() {
     let file = fs::OpenOptions::new().write(true).open(&last).unwrap();
     file.set_len((offset + len / 2) as u64).unwrap();
     drop(file);
+    // The crash came while the last group commit was being synced.
+    rewind_synced(dir.path(), &before[298]);
 
     let store = open_embedded(dir.path()).await.unwrap();
     assert_eq!(store.head().await.unwrap(), 299);
@@ -149,8 +151,10 @@ async fn torn_last_group_commit_is_cut_even_with_whole_records_after_the_tear() 
     let mut buf = fs::read(&last).unwrap();
     buf[offset + len / 2] ^= 0x40;
     fs::write(&last, &buf).unwrap();
-    // The crash came before the indexer saw the batch (it only indexes synced records).
+    // The crash came before the indexer saw the batch (it only indexes synced records),
+    // and before the synced watermark covered it.
     fs::remove_dir_all(dir.path().join("index")).unwrap();
+    rewind_synced(dir.path(), &before[39]);
 
     let store = open_embedded(dir.path()).await.unwrap();
     assert_eq!(store.head().await.unwrap(), 44);
@@ -374,4 +378,124 @@ async fn keyed_appends_across_index_chunks_reopen_from_sled() {
     for (n, want) in results.iter().enumerate() {
         assert_eq!(store.find_idempotent(&format!("multi-{n}")).await.unwrap().as_ref(), Some(want));
     }
+}
+
+/// The watermark is what makes damage in the last group commit of a cleanly closed log
+/// corruption: open refuses, nothing is cut, and the offline `verify` names the position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_byte_in_the_last_record_of_a_closed_log_is_corruption_never_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    fill(&store, 120).await;
+    let head = store.head().await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let last = segments(dir.path()).pop().unwrap();
+    let (offset, len) = *records(&last).last().unwrap();
+    let mut buf = fs::read(&last).unwrap();
+    buf[offset + len / 2] ^= 0x01;
+    fs::write(&last, &buf).unwrap();
+    let log_before = log_bytes(dir.path());
+
+    let report = paystream_store::embedded::verify::verify_dir(dir.path()).unwrap();
+    assert_eq!(report.report.first_bad.as_ref().map(|(p, _)| *p), Some(head), "{report}");
+    assert!(!report.is_ok());
+    match open_embedded(dir.path()).await {
+        Err(StoreError::Corrupt { position: Some(p), .. }) => assert_eq!(p, head),
+        Err(other) => panic!("expected Corrupt at {head}, got {other}"),
+        Ok(_) => panic!("expected Corrupt at {head}, the store opened"),
+    }
+    assert_eq!(log_bytes(dir.path()), log_before, "verify and the refused open changed no byte of the log");
+}
+
+/// Every file of `<dir>/log` with its bytes.
+fn log_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out: Vec<_> = fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.clone(), fs::read(p).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The offline verify reads a live store's directory: it takes no lock, writes no byte,
+/// and finds nothing wrong while appends go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_verify_runs_beside_a_live_store_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(open_embedded(dir.path()).await.unwrap());
+    fill(&store, 2_500).await;
+    let writer = {
+        let store = std::sync::Arc::clone(&store);
+        tokio::spawn(async move { fill(&store, 3_000).await })
+    };
+    for _ in 0..5 {
+        let path = dir.path().to_path_buf();
+        let report = tokio::task::spawn_blocking(move || paystream_store::embedded::verify::verify_dir(&path))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(report.is_ok(), "{report}");
+        assert!(report.report.checked >= 2_500, "{report}");
+    }
+    writer.await.unwrap();
+    // Idle now: a verify leaves every byte as it was, and agrees with the store's own.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = log_bytes(dir.path());
+    let report = paystream_store::embedded::verify::verify_dir(dir.path()).unwrap();
+    assert_eq!(log_bytes(dir.path()), before);
+    let online = store.verify(0, None).await.unwrap();
+    assert_eq!(report.report, online);
+    assert_eq!(report.unacknowledged_tail, None);
+}
+
+/// An idempotency key is remembered for the window, then may be used again, also after
+/// a restart (the window is applied to what sled and the log hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_expire_after_their_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = paystream_store::EmbeddedOptions {
+        idempotency_window: std::time::Duration::from_millis(1_500),
+        ..common::options()
+    };
+    let store = open_embedded_with(dir.path(), options.clone()).await.unwrap();
+    let first = store.append("k-stream", ExpectedVersion::Any, vec![keyed_event("window-key")]).await.unwrap();
+    assert!(matches!(
+        store.append("k-stream", ExpectedVersion::Any, vec![keyed_event("window-key")]).await,
+        Err(StoreError::DuplicateIdempotencyKey { existing, .. }) if existing == first
+    ));
+    assert_eq!(store.find_idempotent("window-key").await.unwrap(), Some(first.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(1_700)).await;
+    assert_eq!(store.find_idempotent("window-key").await.unwrap(), None, "expired");
+    let second = store.append("k-stream", ExpectedVersion::Any, vec![keyed_event("window-key")]).await.unwrap();
+    assert_eq!(second.first_version, 2, "the key was used again");
+    assert_eq!(store.find_idempotent("window-key").await.unwrap(), Some(second.clone()));
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open_embedded_with(dir.path(), options).await.unwrap();
+    assert_eq!(store.find_idempotent("window-key").await.unwrap(), Some(second));
+    tokio::time::sleep(std::time::Duration::from_millis(1_700)).await;
+    let third = store.append("k-stream", ExpectedVersion::Any, vec![keyed_event("window-key")]).await.unwrap();
+    assert_eq!(third.first_version, 3);
+}
+
+/// The in-memory tail of the index stays small however long the log grows: complete
+/// chunks move to sled and leave memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_index_holds_only_the_unindexed_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    fill(&store, 6_000).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let tail = store.index_tail();
+    assert!(tail.positions < 1_024, "{tail:?}");
+    assert!(tail.streams <= 7 && tail.keys < 1_024 / 5 + 1, "{tail:?}");
+    // And everything still answers, from sled.
+    let want = (0..6_000u64).filter(|i| i % 7 == 3).count() as u64;
+    assert_eq!(store.stream_version("stream-3").await.unwrap(), want);
+    assert!(store.find_idempotent("key-5").await.unwrap().is_some());
+    assert_eq!(read_everything(&store).await.len(), 6_000);
 }

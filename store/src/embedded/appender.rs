@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -16,8 +15,11 @@ use std::thread::JoinHandle;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::index::SegmentIndex;
-use super::segment::{create_segment, encode_record};
+use super::derived::KeyEntry;
+use super::index::{Loc, SegmentFile, TailEntry, MAX_UNINDEXED_EVENTS};
+use super::segment::encode_record;
+use super::spare::Spare;
+use super::watermark::{Synced, Watermark, WATERMARK_INTERVAL};
 use super::Shared;
 use crate::chain::{unix_nanos, EnvelopeRef};
 use crate::error::StoreError;
@@ -46,7 +48,6 @@ pub(crate) struct AppendRequest {
 /// Where the write path starts (what recovery found).
 pub(crate) struct WriteStart {
     pub shared: Arc<Shared>,
-    pub log_dir: PathBuf,
     pub segment_bytes: u64,
     /// Segment to write next: first position, file, write offset.
     pub segment_first: Position,
@@ -59,6 +60,10 @@ pub(crate) struct WriteStart {
     pub head_tx: watch::Sender<Position>,
     /// Dropped when the write path ends, which tells the indexer to finish.
     pub indexer_stop: SyncSender<()>,
+    /// The synced watermark, rewritten by the syncer.
+    pub watermark: Watermark,
+    /// Prepares the next segment file in the background.
+    pub spare: Spare,
 }
 
 /// Starts the appender and the syncer thread (in that order in the result). The appender
@@ -70,6 +75,8 @@ pub(crate) fn spawn(start: WriteStart, rx: mpsc::Receiver<AppendRequest>) -> io:
         shared: Arc::clone(&start.shared),
         pipe: Arc::clone(&pipe),
         head_tx: start.head_tx,
+        watermark: start.watermark,
+        watermark_at: std::time::Instant::now(),
         _indexer_stop: start.indexer_stop,
     };
     let syncer_thread =
@@ -77,7 +84,7 @@ pub(crate) fn spawn(start: WriteStart, rx: mpsc::Receiver<AppendRequest>) -> io:
     let appender = Appender {
         shared: start.shared,
         pipe,
-        log_dir: start.log_dir,
+        spare: start.spare,
         segment_bytes: start.segment_bytes,
         segment_first: start.segment_first,
         file: start.file,
@@ -109,11 +116,10 @@ struct Accepted {
     idempotency_key: Option<String>,
 }
 
-/// Where a record of the batch went.
+/// Where a record of the batch went, and its hash.
 struct Placed {
-    segment_first: Position,
-    offset: u64,
-    len: u64,
+    loc: Loc,
+    hash: [u8; 32],
 }
 
 /// A batch the appender has written (its `pwrite` returned), waiting for a sync.
@@ -130,6 +136,11 @@ struct Written {
     last_hash: [u8; 32],
     last_recorded_at_nanos: i64,
     events: usize,
+}
+
+/// Whether an idempotency key recorded at `entry` still counts at `now_nanos`.
+fn key_live(entry: &KeyEntry, now_nanos: i64, window_nanos: i64) -> bool {
+    entry.recorded_at_nanos > now_nanos.saturating_sub(window_nanos)
 }
 
 /// The hand-over from the appender to the syncer.
@@ -232,7 +243,7 @@ impl Pipe {
 struct Appender {
     shared: Arc<Shared>,
     pipe: Arc<Pipe>,
-    log_dir: PathBuf,
+    spare: Spare,
     segment_bytes: u64,
     /// Segment being written: first position, file, write offset.
     segment_first: Position,
@@ -247,7 +258,7 @@ struct Appender {
     /// published, with the last position of the append that set them. Checks consult
     /// these before the index; entries the index already has are pruned.
     unpublished_versions: HashMap<String, (StreamVersion, Position)>,
-    unpublished_keys: HashMap<String, AppendResult>,
+    unpublished_keys: HashMap<String, KeyEntry>,
 }
 
 impl Drop for Appender {
@@ -315,10 +326,49 @@ impl Appender {
         }
     }
 
+    /// Waits while the in-memory tail holds more than [`MAX_UNINDEXED_EVENTS`] (sled is
+    /// not keeping up), so that memory stays bounded; fails if the indexer stopped.
+    fn wait_for_indexer(&self) -> io::Result<()> {
+        loop {
+            if self.shared.indexer_failed.load(Ordering::Acquire) {
+                return Err(io::Error::other("the event log indexer stopped"));
+            }
+            let indexed = self.shared.indexed_through.load(Ordering::Acquire);
+            if self.head.saturating_sub(indexed) <= MAX_UNINDEXED_EVENTS {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// The stream's last version: unpublished batches first, then the index.
+    fn stream_version(&self, stream_id: &str) -> Result<StreamVersion, StoreError> {
+        match self.unpublished_versions.get(stream_id) {
+            Some(&(version, _)) => Ok(version),
+            None => self.shared.stream_version(stream_id),
+        }
+    }
+
+    /// The live append that carried `key`, if any: unpublished batches first.
+    fn existing_key(&self, key: &str, now: i64) -> Result<Option<AppendResult>, StoreError> {
+        if let Some(entry) = self.unpublished_keys.get(key) {
+            if key_live(entry, now, self.shared.window_nanos) {
+                return Ok(Some(entry.result.clone()));
+            }
+        }
+        self.shared.idempotent(key, now)
+    }
+
     /// Checks, encodes and writes one batch, then hands it to the syncer, which answers
     /// it once it is durable. `Err` only for I/O failures, after which every request of
     /// the batch was answered.
     fn commit(&mut self, batch: Vec<AppendRequest>) -> io::Result<()> {
+        if let Err(err) = self.wait_for_indexer() {
+            for request in batch {
+                let _ = request.reply.send(Err(StoreError::Unavailable(err.to_string())));
+            }
+            return Err(err);
+        }
         // Every position before this one is durable (its sync returned) as this batch is
         // written: recovery relies on it (the record's "batch first position" field).
         let durable_before = self.pipe.synced_head.load(Ordering::Acquire) + 1;
@@ -329,58 +379,64 @@ impl Appender {
         let mut answers: Vec<(Reply, Answer)> = Vec::with_capacity(batch.len());
         let mut accepted: Vec<Accepted> = Vec::with_capacity(batch.len());
         let mut to_encode: Vec<Vec<NewEvent>> = Vec::with_capacity(batch.len());
-        {
-            let shared = Arc::clone(&self.shared);
-            let index = shared.read_index();
-            let published = index.head;
-            if !self.unpublished_versions.is_empty() {
-                self.unpublished_versions.retain(|_, (_, last)| *last > published);
-            }
-            if !self.unpublished_keys.is_empty() {
-                self.unpublished_keys.retain(|_, result| result.last_position > published);
-            }
-            for request in batch {
-                let AppendRequest { stream_id, expected, events, reply, .. } = request;
-                let key = events.first().and_then(|e| e.metadata.idempotency_key.clone());
-                if let Some(k) = &key {
-                    if let Some(existing) = self.unpublished_keys.get(k).or_else(|| index.idempotency.get(k)) {
-                        let err = StoreError::DuplicateIdempotencyKey { key: k.clone(), existing: existing.clone() };
+        let published = self.shared.read_index().head;
+        if !self.unpublished_versions.is_empty() {
+            self.unpublished_versions.retain(|_, (_, last)| *last > published);
+        }
+        if !self.unpublished_keys.is_empty() {
+            self.unpublished_keys.retain(|_, entry| entry.result.last_position > published);
+        }
+        for request in batch {
+            let AppendRequest { stream_id, expected, events, reply, .. } = request;
+            let key = events.first().and_then(|e| e.metadata.idempotency_key.clone());
+            if let Some(k) = &key {
+                match self.existing_key(k, now) {
+                    Ok(None) => {}
+                    Ok(Some(existing)) => {
+                        let err = StoreError::DuplicateIdempotencyKey { key: k.clone(), existing };
+                        answers.push((reply, Answer::Rejected(err)));
+                        continue;
+                    }
+                    Err(err) => {
                         answers.push((reply, Answer::Rejected(err)));
                         continue;
                     }
                 }
-                let actual = match self.unpublished_versions.get(&stream_id) {
-                    Some(&(version, _)) => version,
-                    None => index.stream_version(&stream_id),
-                };
-                if !expected.accepts(actual) {
-                    let err = StoreError::WrongExpectedVersion { stream_id, expected, actual };
+            }
+            let actual = match self.stream_version(&stream_id) {
+                Ok(actual) => actual,
+                Err(err) => {
                     answers.push((reply, Answer::Rejected(err)));
                     continue;
                 }
-                let count = events.len() as u64;
-                let result = AppendResult {
-                    stream_id,
-                    first_version: actual + 1,
-                    last_version: actual + count,
-                    first_position: self.head + 1,
-                    last_position: self.head + count,
-                };
-                self.head = result.last_position;
-                match self.unpublished_versions.get_mut(&result.stream_id) {
-                    Some(entry) => *entry = (result.last_version, result.last_position),
-                    None => {
-                        self.unpublished_versions
-                            .insert(result.stream_id.clone(), (result.last_version, result.last_position));
-                    }
-                }
-                if let Some(k) = &key {
-                    self.unpublished_keys.insert(k.clone(), result.clone());
-                }
-                answers.push((reply, Answer::Accepted));
-                accepted.push(Accepted { result, idempotency_key: key });
-                to_encode.push(events);
+            };
+            if !expected.accepts(actual) {
+                let err = StoreError::WrongExpectedVersion { stream_id, expected, actual };
+                answers.push((reply, Answer::Rejected(err)));
+                continue;
             }
+            let count = events.len() as u64;
+            let result = AppendResult {
+                stream_id,
+                first_version: actual + 1,
+                last_version: actual + count,
+                first_position: self.head + 1,
+                last_position: self.head + count,
+            };
+            self.head = result.last_position;
+            match self.unpublished_versions.get_mut(&result.stream_id) {
+                Some(entry) => *entry = (result.last_version, result.last_position),
+                None => {
+                    self.unpublished_versions
+                        .insert(result.stream_id.clone(), (result.last_version, result.last_position));
+                }
+            }
+            if let Some(k) = &key {
+                self.unpublished_keys.insert(k.clone(), KeyEntry { result: result.clone(), recorded_at_nanos: now });
+            }
+            answers.push((reply, Answer::Accepted));
+            accepted.push(Accepted { result, idempotency_key: key });
+            to_encode.push(events);
         }
 
         // 2. Encode and hash into one buffer, roll segments as needed, one positional write.
@@ -430,11 +486,9 @@ impl Appender {
                     self.buf = record;
                     buf_offset = 0;
                 }
-                placed.push(Placed {
-                    segment_first: self.segment_first,
-                    offset: buf_offset + self.buf.len() as u64 - len,
-                    len,
-                });
+                // Offsets fit in u32: segments are at most 4 GiB (checked at open).
+                let offset = (buf_offset + self.buf.len() as u64 - len) as u32;
+                placed.push(Placed { loc: Loc { segment: self.segment_first, offset, len: len as u32 }, hash });
                 self.last_hash = hash;
             }
         }
@@ -452,6 +506,9 @@ impl Appender {
         }
         self.write_offset = buf_offset + self.buf.len() as u64;
         self.last_recorded_at_nanos = now;
+        if self.write_offset > self.segment_bytes / 2 {
+            self.spare.want();
+        }
 
         // 3. The syncer makes it durable, publishes it and answers.
         self.pipe.push(Written {
@@ -469,13 +526,14 @@ impl Appender {
     }
 
     /// Writes the buffered records to the current segment and opens a new one whose
-    /// first record will be `next_position`.
+    /// first record will be `next_position` (the spare prepared in the background,
+    /// renamed; created here only if none is ready).
     fn roll(&mut self, buf_offset: u64, next_position: Position) -> io::Result<()> {
         if !self.buf.is_empty() {
             self.file.write_all_at(&self.buf, buf_offset)?;
         }
         self.buf.clear();
-        let file = create_segment(&self.log_dir, next_position, self.segment_bytes)?;
+        let file = self.spare.take(next_position, self.segment_bytes)?;
         self.file = Arc::new(file);
         self.segment_first = next_position;
         Ok(())
@@ -487,13 +545,16 @@ struct Syncer {
     shared: Arc<Shared>,
     pipe: Arc<Pipe>,
     head_tx: watch::Sender<Position>,
+    watermark: Watermark,
+    /// When the watermark was last written.
+    watermark_at: std::time::Instant,
     /// Dropped when the syncer exits (after the last publish), which tells the indexer
     /// to finish.
     _indexer_stop: SyncSender<()>,
 }
 
 impl Syncer {
-    fn run(self) {
+    fn run(mut self) {
         let mut failed: Option<String> = None;
         let mut group: Vec<Written> = Vec::new();
         let mut files: Vec<Arc<File>> = Vec::new();
@@ -522,7 +583,26 @@ impl Syncer {
                 continue;
             }
             self.publish(&mut group);
+            if self.watermark_at.elapsed() >= WATERMARK_INTERVAL {
+                self.store_watermark();
+            }
         }
+        if failed.is_none() {
+            self.store_watermark();
+        }
+    }
+
+    /// Records the published head as acknowledged (`log/synced`).
+    fn store_watermark(&mut self) {
+        let synced = {
+            let index = self.shared.read_index();
+            Synced { position: index.head, hash: index.last_hash }
+        };
+        if let Err(err) = self.watermark.store(synced) {
+            // The log itself is fine; only the tell-tale for damage after a crash lags.
+            tracing::warn!(error = %err, "could not write the synced watermark (log/synced)");
+        }
+        self.watermark_at = std::time::Instant::now();
     }
 
     /// The group is durable: publish it to readers (index, then head), then answer.
@@ -533,26 +613,29 @@ impl Syncer {
             let mut index = self.shared.write_index();
             for batch in group.iter_mut() {
                 for (first, file) in batch.new_segments.drain(..) {
-                    index.segments.push(SegmentIndex { first, file, offsets: Vec::new(), end: 0 });
+                    index.segments.push(SegmentFile { first, file });
                 }
-                for p in &batch.placed {
-                    // Records are placed in order, nearly always in the newest segment.
-                    if let Some(s) = index.segments.iter_mut().rev().find(|s| s.first == p.segment_first) {
-                        s.offsets.push(p.offset as u32);
-                        s.end = p.offset + p.len;
-                    }
-                }
+                let mut placed = batch.placed.iter();
                 for a in &batch.accepted {
-                    let new_positions = a.result.first_position..=a.result.last_position;
-                    match index.streams.get_mut(&a.result.stream_id) {
-                        Some(positions) => positions.extend(new_positions),
-                        None => {
-                            let positions = new_positions.collect();
-                            index.streams.insert(a.result.stream_id.clone(), positions);
-                        }
-                    }
-                    if let Some(k) = &a.idempotency_key {
-                        index.idempotency.insert(k.clone(), a.result.clone());
+                    let stream_id: Arc<str> = match index.streams.get_key_value(a.result.stream_id.as_str()) {
+                        Some((id, _)) => Arc::clone(id),
+                        None => Arc::from(a.result.stream_id.as_str()),
+                    };
+                    let key: Option<Arc<str>> = a.idempotency_key.as_deref().map(Arc::from);
+                    for (i, position) in (a.result.first_position..=a.result.last_position).enumerate() {
+                        let Some(p) = placed.next() else { break };
+                        let entry = TailEntry {
+                            loc: p.loc,
+                            stream_id: Arc::clone(&stream_id),
+                            version: a.result.first_version + i as u64,
+                            hash: p.hash,
+                            key: if i == 0 { key.clone() } else { None },
+                        };
+                        let key_entry = (i == 0 && key.is_some()).then(|| KeyEntry {
+                            result: a.result.clone(),
+                            recorded_at_nanos: batch.last_recorded_at_nanos,
+                        });
+                        index.push(position, entry, key_entry);
                     }
                 }
                 index.head = batch.head;

@@ -161,21 +161,27 @@ mod derived;
 mod index;
 mod recovery;
 mod segment;
+mod spare;
+pub mod verify;
+pub mod watermark;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::appender::{AppendRequest, WriteStart, APPEND_QUEUE_CAPACITY};
-use self::derived::{Indexer, Persisted, TREE_NAME};
-use self::index::{read_range, Index, ReadRange, READ_MAX_BYTES};
-use self::recovery::{recover, RecoverError};
-use crate::chain::ChainVerifier;
+use self::derived::{DiskIndex, Indexer, Marker, OLD_TREE_NAMES, POSITION_CHUNK, TREE_NAME};
+use self::index::{live_key, plan, read_range, Index, ReadRange, READ_MAX_BYTES};
+use self::recovery::{recover, RecoverError, Recovered};
+use self::spare::Spare;
+use self::watermark::{Synced, Watermark};
+use crate::chain::{unix_nanos, ChainVerifier};
 use crate::error::StoreError;
 use crate::event_store::{CatchUp, EventStore, LogReader, Subscription, VerifyReport};
 use crate::types::{
@@ -183,10 +189,17 @@ use crate::types::{
 };
 
 pub use self::appender::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
-pub use self::index::READ_MAX_BYTES as EMBEDDED_READ_MAX_BYTES;
+pub use self::index::{MAX_UNINDEXED_EVENTS, READ_MAX_BYTES as EMBEDDED_READ_MAX_BYTES};
+pub use self::watermark::WATERMARK_INTERVAL;
 
 /// Default size of a segment file.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default size of sled's page cache for the log's index (stream versions and
+/// positions, idempotency keys, record locations): what keeps hot streams in memory.
+pub const DEFAULT_INDEX_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Default time an idempotency key is remembered: within it a retry replays (and a
+/// different request with the key is refused); after it the key may be used again.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3_600);
 /// Events `verify` reads per step.
 const VERIFY_READ_BATCH: usize = 8_192;
 
@@ -195,17 +208,31 @@ const VERIFY_READ_BATCH: usize = 8_192;
 pub struct EmbeddedOptions {
     /// Size segment files are preallocated to; between `MAX_RECORD_BYTES` and 4 GiB.
     pub segment_bytes: u64,
+    /// sled's cache for the index, in bytes.
+    pub cache_bytes: u64,
+    /// How long idempotency keys are remembered.
+    pub idempotency_window: Duration,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { segment_bytes: DEFAULT_SEGMENT_BYTES }
+        EmbeddedOptions {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            cache_bytes: DEFAULT_INDEX_CACHE_BYTES,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+        }
     }
 }
 
-/// State shared by the store handle, the appender and the indexer.
+/// State shared by the store handle, the appender, the syncer and the indexer.
 pub(crate) struct Shared {
     index: RwLock<Index>,
+    pub(crate) disk: DiskIndex,
+    /// Mirrors `Index::indexed_through` for the appender's backpressure check.
+    pub(crate) indexed_through: AtomicU64,
+    pub(crate) indexer_failed: AtomicBool,
+    /// The idempotency window in nanoseconds.
+    pub(crate) window_nanos: i64,
     failure: Mutex<Option<String>>,
     closed: AtomicBool,
 }
@@ -237,6 +264,27 @@ impl Shared {
         }
     }
 
+    /// The stream's last version: the tail if it holds the stream, else sled. Exact:
+    /// only the appender adds versions, and the indexer writes a chunk to sled before it
+    /// prunes it from the tail, so a stream absent from the tail is whole in sled.
+    pub(crate) fn stream_version(&self, stream_id: &str) -> Result<StreamVersion, StoreError> {
+        if let Some(version) = self.read_index().tail_stream_version(stream_id) {
+            return Ok(version);
+        }
+        self.disk.stream_version(stream_id)
+    }
+
+    /// The append that carried `key` if it was recorded within the window before
+    /// `now_nanos` (the same argument as `stream_version` makes this exact).
+    pub(crate) fn idempotent(&self, key: &str, now_nanos: i64) -> Result<Option<AppendResult>, StoreError> {
+        let tail = self.read_index().tail_key(key).cloned();
+        let entry = match tail {
+            Some(entry) => Some(entry),
+            None => self.disk.idempotent(key)?,
+        };
+        Ok(entry.and_then(|e| live_key(e, now_nanos, self.window_nanos)))
+    }
+
     fn read_ranges(&self, ranges: &[ReadRange]) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut out = Vec::with_capacity(ranges.iter().map(|r| r.count).sum());
         for range in ranges {
@@ -245,9 +293,92 @@ impl Shared {
         Ok(out.into_iter().map(|(event, _)| event).collect())
     }
 
+    /// Byte ranges of positions `from..` (at most `max` events, about `max_bytes`):
+    /// sled's chunks for what is indexed, the tail for the rest.
+    fn plan_read_all(&self, from: Position, max: usize) -> Result<Vec<ReadRange>, StoreError> {
+        let mut ranges = Vec::new();
+        let mut position = from.max(1);
+        let mut remaining = max;
+        while remaining > 0
+            && ranges.iter().map(|r: &ReadRange| (r.end - r.start) as usize).sum::<usize>() < READ_MAX_BYTES
+        {
+            let (indexed_through, head) = {
+                let index = self.read_index();
+                (index.indexed_through, index.head)
+            };
+            if position > head {
+                break;
+            }
+            let planned = if position <= indexed_through {
+                let chunk_no = (position - 1) / POSITION_CHUNK;
+                let locs = self.disk.chunk(chunk_no)?;
+                let skip = ((position - 1) % POSITION_CHUNK) as usize;
+                let take = remaining.min(locs.len() - skip);
+                let index = self.read_index();
+                plan(
+                    &mut ranges,
+                    position,
+                    locs[skip..skip + take].iter().copied(),
+                    |s| index.file_of(s),
+                    READ_MAX_BYTES,
+                )?
+            } else {
+                let index = self.read_index();
+                if position <= index.indexed_through {
+                    continue; // indexed meanwhile: read it from sled
+                }
+                let start = (position - index.indexed_through - 1) as usize;
+                let locs = index.tail.range(start..).take(remaining).map(|e| e.loc);
+                plan(&mut ranges, position, locs, |s| index.file_of(s), READ_MAX_BYTES)?
+            };
+            if planned == 0 {
+                break;
+            }
+            position += planned as u64;
+            remaining -= planned;
+        }
+        Ok(ranges)
+    }
+
     fn read_all_blocking(&self, from: Position, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         self.check_open()?;
-        let ranges = self.read_index().plan_read_all(from, max, READ_MAX_BYTES);
+        let ranges = self.plan_read_all(from, max)?;
+        self.read_ranges(&ranges)
+    }
+
+    fn read_stream_blocking(
+        &self,
+        stream_id: &str,
+        from_version: StreamVersion,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.check_open()?;
+        let tail = self.read_index().tail_stream_positions(stream_id).map(|(first, p)| (first, p.to_vec()));
+        let positions = index::stream_positions(tail, &self.disk, stream_id, from_version, max)?;
+        let mut ranges: Vec<ReadRange> = Vec::new();
+        let mut chunk: Option<(u64, Vec<index::Loc>)> = None;
+        for position in positions {
+            let (indexed_through, tail_loc) = {
+                let index = self.read_index();
+                (index.indexed_through, index.tail_loc(position))
+            };
+            let loc = match tail_loc {
+                Some(loc) => loc,
+                None if position <= indexed_through => {
+                    let chunk_no = (position - 1) / POSITION_CHUNK;
+                    let locs = match chunk.take() {
+                        Some((no, locs)) if no == chunk_no => locs,
+                        _ => self.disk.chunk(chunk_no)?,
+                    };
+                    let loc = locs[((position - 1) % POSITION_CHUNK) as usize];
+                    chunk = Some((chunk_no, locs));
+                    loc
+                }
+                None => return Err(StoreError::Index(format!("position {position} of {stream_id} is not indexed"))),
+            };
+            let index = self.read_index();
+            plan(&mut ranges, position, std::iter::once(loc), |s| index.file_of(s), usize::MAX)?;
+        }
         self.read_ranges(&ranges)
     }
 }
@@ -289,6 +420,19 @@ pub struct OpenReport {
     pub indexed_in_sled: Position,
     /// Why sled's content was dropped and rebuilt from the log, if it was.
     pub sled_dropped: Option<String>,
+}
+
+/// The size of the in-memory tail of the index ([`EmbeddedStore::index_tail`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TailReport {
+    /// Positions after `indexed_through`.
+    pub positions: u64,
+    /// Streams with a version among them.
+    pub streams: usize,
+    /// Idempotency keys of appends among them.
+    pub keys: usize,
+    /// Positions `1..=indexed_through` are indexed in sled.
+    pub indexed_through: Position,
 }
 
 /// What closing releases.
@@ -335,58 +479,80 @@ impl EmbeddedStore {
                 options.segment_bytes
             )));
         }
+        let window_nanos = i64::try_from(options.idempotency_window.as_nanos()).unwrap_or(i64::MAX);
         let log_dir = dir.join("log");
         fs::create_dir_all(&log_dir)?;
-        let db = open_sled(&dir.join("index"))?;
-        let tree = db.open_tree(TREE_NAME)?;
+        // Read before anything is written: damage at or below it is never cut.
+        let synced_file = watermark::read(&log_dir)
+            .map_err(|e| StoreError::Corrupt { position: None, detail: format!("log/synced: {e}") })?;
+        let db = open_sled(&dir.join("index"), options.cache_bytes)?;
+        for old in OLD_TREE_NAMES {
+            if db.tree_names().iter().any(|n| n.as_ref() == old.as_bytes()) {
+                tracing::info!(tree = old, "dropping the index of an earlier layout; it is rebuilt from the log");
+                db.drop_tree(old)?;
+            }
+        }
+        let disk = DiskIndex::new(db.open_tree(TREE_NAME)?);
         let mut sled_dropped = None;
-        let persisted = derived::load(&tree).unwrap_or_else(|reason| {
+        let marker = disk.marker().unwrap_or_else(|reason| {
             tracing::warn!(%reason, "derived index unusable; rebuilding it from the event log");
             sled_dropped = Some(reason);
-            Persisted::default()
+            Marker::default()
         });
-        let (index, persisted_through) = {
-            let through = persisted.indexed_through;
-            match recover(&log_dir, options.segment_bytes, persisted) {
-                Ok(index) => (index, through),
-                Err(RecoverError::Store(err)) => return Err(err),
-                Err(RecoverError::Untrusted(reason)) => {
-                    tracing::warn!(%reason, "derived index does not match the event log; rebuilding it");
-                    sled_dropped = Some(reason);
-                    match recover(&log_dir, options.segment_bytes, Persisted::default()) {
-                        Ok(index) => (index, 0),
-                        Err(RecoverError::Store(err)) => return Err(err),
-                        Err(RecoverError::Untrusted(reason)) => {
-                            return Err(StoreError::Corrupt { position: None, detail: reason })
-                        }
+        if sled_dropped.is_some() {
+            disk.clear()?;
+        }
+        let synced = synced_file.unwrap_or_default();
+        let Recovered { index, write_offset } = match recover(&log_dir, options.segment_bytes, &disk, marker, synced) {
+            Ok(recovered) => recovered,
+            Err(RecoverError::Store(err)) => return Err(err),
+            Err(RecoverError::Untrusted(reason)) => {
+                tracing::warn!(%reason, "derived index does not match the event log; rebuilding it");
+                sled_dropped = Some(reason);
+                disk.clear()?;
+                match recover(&log_dir, options.segment_bytes, &disk, Marker::default(), synced) {
+                    Ok(recovered) => recovered,
+                    Err(RecoverError::Store(err)) => return Err(err),
+                    Err(RecoverError::Untrusted(reason)) => {
+                        return Err(StoreError::Corrupt { position: None, detail: reason })
                     }
                 }
             }
         };
-        let open_report = OpenReport { head: index.head, indexed_in_sled: persisted_through, sled_dropped };
-        if persisted_through == 0 {
-            tree.clear()?;
-        }
+        let indexed_in_sled = if sled_dropped.is_some() { 0 } else { marker.indexed_through };
+        let open_report = OpenReport { head: index.head, indexed_in_sled, sled_dropped };
+
+        // Everything recovery kept is synced now: the watermark covers it.
+        let mut watermark = Watermark::open(&log_dir, synced_file)?;
+        watermark.store(Synced { position: index.head, hash: index.last_hash })?;
 
         let head = index.head;
         let last_hash = index.last_hash;
         let last_recorded_at_nanos = index.last_recorded_at_nanos;
-        let (segment_first, file, write_offset) = match index.segments.last() {
-            Some(s) => (s.first, Arc::clone(&s.file), s.end),
+        let (segment_first, file) = match index.segments.last() {
+            Some(s) => (s.first, Arc::clone(&s.file)),
             None => return Err(StoreError::Corrupt { position: None, detail: "no segment".to_owned() }),
         };
-        let shared =
-            Arc::new(Shared { index: RwLock::new(index), failure: Mutex::new(None), closed: AtomicBool::new(false) });
+        let indexed_through = AtomicU64::new(index.indexed_through);
+        let shared = Arc::new(Shared {
+            index: RwLock::new(index),
+            disk,
+            indexed_through,
+            indexer_failed: AtomicBool::new(false),
+            window_nanos,
+            failure: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        });
         let (head_tx, head_rx) = watch::channel(head);
         let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel(1);
         let (sender, receiver) = mpsc::channel(APPEND_QUEUE_CAPACITY);
 
-        let indexer = Indexer { tree, shared: Arc::clone(&shared), indexed_through: persisted_through };
+        let indexer = Indexer { shared: Arc::clone(&shared) };
         let indexer_thread =
             std::thread::Builder::new().name("paystream-store-indexer".into()).spawn(move || indexer.run(stop_rx))?;
+        let (spare, spare_thread) = Spare::start(&log_dir, options.segment_bytes)?;
         let write_start = WriteStart {
             shared: Arc::clone(&shared),
-            log_dir,
             segment_bytes: options.segment_bytes,
             segment_first,
             file,
@@ -396,9 +562,12 @@ impl EmbeddedStore {
             last_recorded_at_nanos,
             head_tx,
             indexer_stop: stop_tx,
+            watermark,
+            spare,
         };
         let mut threads = appender::spawn(write_start, receiver)?;
         threads.push(indexer_thread);
+        threads.push(spare_thread);
 
         Ok(EmbeddedStore {
             control: Arc::new(Control {
@@ -412,6 +581,17 @@ impl EmbeddedStore {
             dir: dir.to_path_buf(),
             open_report,
         })
+    }
+
+    /// What the in-memory part of the index holds now (the tail sled does not hold yet).
+    pub fn index_tail(&self) -> TailReport {
+        let index = self.shared.read_index();
+        TailReport {
+            positions: index.tail.len() as u64,
+            streams: index.streams.len(),
+            keys: index.keys.len(),
+            indexed_through: index.indexed_through,
+        }
     }
 
     /// What recovery found when this store was opened.
@@ -477,15 +657,9 @@ impl EventStore for EmbeddedStore {
         from_version: StreamVersion,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.shared.check_open()?;
-        // Streams are short (one payment); these are small positional reads from the page
-        // cache, done inline like sled reads.
-        let ranges = {
-            let index = self.shared.read_index();
-            let positions = index.stream_positions(stream_id, from_version, max);
-            index.plan_read_positions(&positions)
-        };
-        self.shared.read_ranges(&ranges)
+        // Streams are short (one payment): small positional reads from the page cache
+        // and sled lookups in its cache, done inline.
+        self.shared.read_stream_blocking(stream_id, from_version, max)
     }
 
     async fn read_all(&self, from_position: Position, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -505,12 +679,12 @@ impl EventStore for EmbeddedStore {
 
     async fn stream_version(&self, stream_id: &str) -> Result<StreamVersion, StoreError> {
         self.shared.check_open()?;
-        Ok(self.shared.read_index().stream_version(stream_id))
+        self.shared.stream_version(stream_id)
     }
 
     async fn find_idempotent(&self, key: &str) -> Result<Option<AppendResult>, StoreError> {
         self.shared.check_open()?;
-        Ok(self.shared.read_index().idempotency.get(key).cloned())
+        self.shared.idempotent(key, unix_nanos(time::OffsetDateTime::now_utc()))
     }
 
     async fn verify(&self, from: Position, to: Option<Position>) -> Result<VerifyReport, StoreError> {
@@ -531,17 +705,21 @@ impl EventStore for EmbeddedStore {
 
 /// Opens sled; a database sled itself reports as corrupt is moved aside and rebuilt from
 /// the log (it only ever holds derived data).
-fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
-    match open_sled_waiting_for_lock(path) {
+fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    match open_sled_waiting_for_lock(path, cache_bytes) {
         Err(sled::Error::Corruption { .. }) => {
             let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
             let aside = path.with_extension(format!("corrupt-{stamp}"));
             tracing::warn!(path = %path.display(), aside = %aside.display(), "sled reports corruption; moving it aside and rebuilding the index from the log");
             fs::rename(path, &aside)?;
-            Ok(sled::open(path)?)
+            Ok(sled_config(path, cache_bytes).open()?)
         }
         other => Ok(other?),
     }
+}
+
+fn sled_config(path: &Path, cache_bytes: u64) -> sled::Config {
+    sled::Config::new().path(path).cache_capacity(cache_bytes)
 }
 
 /// How long `open` waits for sled's file lock to be released.
@@ -552,10 +730,10 @@ const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// dropped (sled issue 1289), so a close followed at once by an open of the same
 /// directory can find it still taken. A second process keeping the store open still
 /// fails (after the wait).
-fn open_sled_waiting_for_lock(path: &Path) -> sled::Result<sled::Db> {
+fn open_sled_waiting_for_lock(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
     let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
     loop {
-        match sled::open(path) {
+        match sled_config(path, cache_bytes).open() {
             // sled reports it as `ErrorKind::Other` with this message (config.rs).
             Err(sled::Error::Io(err))
                 if err.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>

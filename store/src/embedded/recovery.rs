@@ -1,18 +1,23 @@
-//! Opening the log: rebuild the in-memory index from sled plus the log, cut a torn tail,
-//! refuse damage in the middle.
+//! Opening the log: load sled's marker, index the tail after it (checking every record),
+//! cut a torn tail, refuse damage to anything acknowledged.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::derived::Persisted;
-use super::index::{Index, SegmentIndex};
-use super::segment::{self, decode_body, find_records_after, parse_frame, Frame, HEADER_LEN, RECORD_MAGIC};
+use super::derived::{DiskIndex, KeyEntry, Marker, POSITION_CHUNK};
+use super::index::{Index, Loc, SegmentFile, TailEntry};
+use super::segment::{self, decode_body, find_records_after, parse_frame, Frame};
+use super::watermark::Synced;
 use crate::chain::{compute_hash, unix_nanos, GENESIS_HASH};
 use crate::error::StoreError;
-use crate::types::{AppendResult, Position, MAX_RECORD_BYTES};
+use crate::types::{AppendResult, Position};
 
+/// While recovery walks the log, complete chunks are written to sled once the tail
+/// holds this many positions, so that rebuilding the index of a long log from position
+/// 1 never holds more than this in memory.
+const RECOVERY_FLUSH_EVENTS: usize = 64 * POSITION_CHUNK as usize;
 /// Why recovery stopped.
 pub(crate) enum RecoverError {
     /// sled does not describe this log; drop it and recover from the log alone.
@@ -36,9 +41,24 @@ fn corrupt(position: Position, detail: String) -> RecoverError {
     RecoverError::Store(StoreError::Corrupt { position: Some(position), detail })
 }
 
-/// Rebuilds the index. `persisted` covers positions `1..=indexed_through`; everything
-/// after it is read from the log with every check (CRC, position, chain, versions).
-pub(crate) fn recover(log_dir: &Path, segment_bytes: u64, persisted: Persisted) -> Result<Index, RecoverError> {
+/// What recovery found: the index (sled's marker plus the tail) and where the next
+/// record goes.
+pub(crate) struct Recovered {
+    pub index: Index,
+    pub write_offset: u64,
+}
+
+/// Rebuilds the in-memory tail. sled covers positions `1..=marker.indexed_through`;
+/// everything after it is read from the log with every check (CRC, position, chain,
+/// versions, append bounds), and complete chunks go to sled as the walk proceeds.
+/// `synced` is the watermark: damage at or below it is `Corrupt`, never cut.
+pub(crate) fn recover(
+    log_dir: &Path,
+    segment_bytes: u64,
+    disk: &DiskIndex,
+    marker: Marker,
+    synced: Synced,
+) -> Result<Recovered, RecoverError> {
     let mut paths: Vec<(Position, PathBuf)> = segment::list_segments(log_dir)?;
     if paths.is_empty() {
         segment::create_segment(log_dir, 1, segment_bytes)?;
@@ -50,68 +70,48 @@ pub(crate) fn recover(log_dir: &Path, segment_bytes: u64, persisted: Persisted) 
             detail: "the first segment file does not start at position 1".to_owned(),
         }));
     }
-    let mut index = Index { streams: persisted.streams, idempotency: persisted.idempotency, ..Index::default() };
+    let mut index = Index::default();
     for (first, path) in &paths {
-        index.segments.push(SegmentIndex {
-            first: *first,
-            file: Arc::new(segment::open_segment(path)?),
-            offsets: Vec::new(),
-            end: 0,
-        });
+        index.segments.push(SegmentFile { first: *first, file: Arc::new(segment::open_segment(path)?) });
     }
 
-    // Positions 1..=C from sled's position chunks.
-    let mut seg = 0usize;
-    for (i, &(segment_first, offset)) in persisted.locations.iter().enumerate() {
-        let position = i as u64 + 1;
-        while seg < index.segments.len() && index.segments[seg].first != segment_first {
-            seg += 1;
-        }
-        let Some(s) = index.segments.get_mut(seg) else {
-            return Err(RecoverError::Untrusted(format!("position {position} in an unknown segment")));
-        };
-        if position - s.first != s.offsets.len() as u64 {
-            return Err(RecoverError::Untrusted(format!("position {position} out of sequence in its segment")));
-        }
-        s.offsets.push(offset);
+    let w = marker.indexed_through;
+    let mut scan = Scan {
+        w,
+        synced,
+        expect: 1,
+        prev_hash: GENESIS_HASH,
+        last_recorded_at_nanos: 0,
+        indexed_hash: marker.indexed_hash,
+    };
+    // Resume after the record at `w` (sled's last indexed position), or at the start.
+    let (mut seg, mut at) = (0usize, 0usize);
+    if w > 0 {
+        let chunk = disk.chunk((w - 1) / POSITION_CHUNK).map_err(|e| RecoverError::Untrusted(e.to_string()))?;
+        let loc = chunk.last().copied().ok_or_else(|| RecoverError::Untrusted("empty chunk".to_owned()))?;
+        seg = index
+            .segments
+            .iter()
+            .position(|s| s.first == loc.segment)
+            .ok_or_else(|| RecoverError::Untrusted(format!("position {w} in an unknown segment")))?;
+        scan.check_indexed(&index.segments[seg].file, w, loc)?;
+        at = loc.offset as usize + loc.len as usize;
+        scan.expect = w + 1;
     }
-
-    let w = persisted.indexed_through;
-    let mut scan =
-        Scan { w, w_hash: persisted.indexed_hash, expect: 1, prev_hash: GENESIS_HASH, last_recorded_at_nanos: 0 };
-    // Resume at the last located record (re-read so its length is known), or at the start.
-    let mut seg = 0usize;
-    let mut at = 0usize;
-    if let Some(last) = index.segments.iter().rposition(|s| !s.offsets.is_empty()) {
-        seg = last;
-        let s = &mut index.segments[seg];
-        at = s.offsets.pop().map_or(0, |o| o as usize);
-        scan.expect = s.first + s.offsets.len() as u64;
-    }
-
-    // Segments before the resume point are not walked: their end is after their last record.
-    for s in &mut index.segments[..seg] {
-        if let Some(&last) = s.offsets.last() {
-            let mut header = [0u8; HEADER_LEN];
-            s.file.read_exact_at(&mut header, u64::from(last))?;
-            let body_len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-            if header[..4] != RECORD_MAGIC || body_len as usize > MAX_RECORD_BYTES {
-                return Err(RecoverError::Untrusted(format!(
-                    "no record header at the offset sled gives for position {}",
-                    s.first + s.offsets.len() as u64 - 1
-                )));
-            }
-            s.end = u64::from(last) + (HEADER_LEN as u64) + u64::from(body_len);
-        }
+    index.indexed_through = w;
+    if synced.position > 0 && synced.position <= w {
+        // The walk will not read the watermark's record: check it here.
+        scan.check_synced_record(disk, &index)?;
     }
 
     let first_walked = seg;
+    let mut write_offset = 0u64;
     while seg < index.segments.len() {
         let path = &paths[seg].1;
         let buf = fs::read(path)?;
-        match scan.segment(&mut index, seg, &buf, at)? {
+        match scan.segment(&mut index, disk, seg, &buf, at)? {
             SegmentEnd::Clean(end) => {
-                index.segments[seg].end = end as u64;
+                write_offset = end as u64;
                 let next_first = index.segments.get(seg + 1).map(|s| s.first);
                 match next_first {
                     None => break,
@@ -128,6 +128,7 @@ pub(crate) fn recover(log_dir: &Path, segment_bytes: u64, persisted: Persisted) 
                 }
             }
             SegmentEnd::Damaged(end, why) => {
+                write_offset = end as u64;
                 scan.torn(&mut index, &paths, seg, &buf, end, &why)?;
                 break;
             }
@@ -139,6 +140,17 @@ pub(crate) fn recover(log_dir: &Path, segment_bytes: u64, persisted: Persisted) 
             scan.expect - 1
         )));
     }
+    if scan.expect <= synced.position {
+        return Err(corrupt(
+            scan.expect,
+            format!(
+                "the log ends at position {}, but positions through {} were acknowledged (log/synced)",
+                scan.expect - 1,
+                synced.position
+            ),
+        ));
+    }
+    flush_chunks(&mut index, disk, 0)?;
 
     // The newest segment is written next: make sure it is preallocated.
     if let Some(last) = index.segments.last() {
@@ -157,7 +169,17 @@ pub(crate) fn recover(log_dir: &Path, segment_bytes: u64, persisted: Persisted) 
     index.head = scan.expect - 1;
     index.last_hash = scan.prev_hash;
     index.last_recorded_at_nanos = scan.last_recorded_at_nanos;
-    Ok(index)
+    Ok(Recovered { index, write_offset })
+}
+
+/// Writes complete chunks of the tail to sled while it holds more than `keep` positions.
+fn flush_chunks(index: &mut Index, disk: &DiskIndex, keep: usize) -> Result<(), RecoverError> {
+    while index.tail.len() > keep {
+        let Some(chunk) = index.complete_chunk() else { break };
+        disk.write_chunk(&chunk)?;
+        index.prune_chunk(&chunk);
+    }
+    Ok(())
 }
 
 enum SegmentEnd {
@@ -169,26 +191,67 @@ enum SegmentEnd {
 
 struct Scan {
     w: Position,
-    w_hash: [u8; 32],
+    indexed_hash: [u8; 32],
+    synced: Synced,
     expect: Position,
     prev_hash: [u8; 32],
     last_recorded_at_nanos: i64,
 }
 
 impl Scan {
-    /// Walks one segment from `at`. Positions below `w` (already in sled) are only
-    /// hopped over by their headers; position `w` must match sled's hash; later
-    /// positions are fully checked and indexed.
+    /// The record at `w` must be whole and carry sled's hash, else sled is from another
+    /// log (or ahead of it) and is rebuilt.
+    fn check_indexed(&mut self, file: &fs::File, w: Position, loc: Loc) -> Result<(), RecoverError> {
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut buf, u64::from(loc.offset))
+            .map_err(|e| RecoverError::Untrusted(format!("position {w} (indexed in sled) unreadable: {e}")))?;
+        let body = match parse_frame(&buf, 0, true) {
+            Frame::Record { body, .. } => body,
+            Frame::End => return Err(RecoverError::Untrusted(format!("position {w} (indexed in sled) is zeros"))),
+            Frame::Bad(why) => {
+                return Err(RecoverError::Untrusted(format!("position {w} (indexed in sled) unreadable: {why}")))
+            }
+        };
+        let (event, _) = decode_body(body).map_err(RecoverError::Untrusted)?;
+        if event.position != w || event.hash != self.indexed_hash {
+            return Err(RecoverError::Untrusted(format!("position {w} differs from sled's")));
+        }
+        self.prev_hash = event.hash;
+        self.last_recorded_at_nanos = unix_nanos(event.recorded_at);
+        Ok(())
+    }
+
+    /// The watermark's record, when sled already covers it.
+    fn check_synced_record(&self, disk: &DiskIndex, index: &Index) -> Result<(), RecoverError> {
+        let p = self.synced.position;
+        let chunk = disk.chunk((p - 1) / POSITION_CHUNK).map_err(|e| RecoverError::Untrusted(e.to_string()))?;
+        let loc = chunk[((p - 1) % POSITION_CHUNK) as usize];
+        let file = index.file_of(loc.segment).ok_or_else(|| RecoverError::Untrusted(format!("{p}: no segment")))?;
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut buf, u64::from(loc.offset))?;
+        let hash = match parse_frame(&buf, 0, true) {
+            Frame::Record { body, .. } => decode_body(body).map_err(|why| corrupt(p, why))?.0.hash,
+            Frame::End => return Err(corrupt(p, "acknowledged record is zeros".to_owned())),
+            Frame::Bad(why) => return Err(corrupt(p, why)),
+        };
+        if hash != self.synced.hash {
+            return Err(corrupt(p, "hash differs from the synced watermark's (log/synced)".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Walks one segment from `at`, checking and indexing every record.
     fn segment(
         &mut self,
         index: &mut Index,
+        disk: &DiskIndex,
         seg: usize,
         buf: &[u8],
         mut at: usize,
     ) -> Result<SegmentEnd, RecoverError> {
+        let segment_first = index.segments[seg].first;
         loop {
-            let full = self.expect >= self.w;
-            let (body, len) = match parse_frame(buf, at, full) {
+            let (body, len) = match parse_frame(buf, at, true) {
                 Frame::Record { body, len } => (body, len),
                 Frame::End => {
                     if buf[at.min(buf.len())..].iter().all(|&b| b == 0) {
@@ -196,88 +259,93 @@ impl Scan {
                     }
                     return Ok(SegmentEnd::Damaged(at, "zeros followed by data".to_owned()));
                 }
-                Frame::Bad(why) => {
-                    if self.expect <= self.w {
-                        return Err(RecoverError::Untrusted(format!(
-                            "position {} (indexed in sled) unreadable: {why}",
-                            self.expect
-                        )));
-                    }
-                    return Ok(SegmentEnd::Damaged(at, why));
-                }
+                Frame::Bad(why) => return Ok(SegmentEnd::Damaged(at, why)),
             };
             let offset = u32::try_from(at).map_err(|_| corrupt(self.expect, "offset beyond 4 GiB".to_owned()))?;
-            if full {
-                self.check_and_index(index, body)?;
-            }
-            index.segments[seg].offsets.push(offset);
+            let loc = Loc { segment: segment_first, offset, len: len as u32 };
+            self.check_and_index(index, disk, body, loc)?;
             self.expect += 1;
             at += len;
+            if index.tail.len() >= RECOVERY_FLUSH_EVENTS + POSITION_CHUNK as usize {
+                flush_chunks(index, disk, RECOVERY_FLUSH_EVENTS)?;
+            }
         }
     }
 
-    fn check_and_index(&mut self, index: &mut Index, body: &[u8]) -> Result<(), RecoverError> {
+    fn check_and_index(
+        &mut self,
+        index: &mut Index,
+        disk: &DiskIndex,
+        body: &[u8],
+        loc: Loc,
+    ) -> Result<(), RecoverError> {
         let position = self.expect;
         let (event, trailer) = decode_body(body).map_err(|why| corrupt(position, why))?;
         if event.position != position {
-            let why = format!("record holds position {}, expected {position}", event.position);
-            return Err(if position <= self.w { RecoverError::Untrusted(why) } else { corrupt(position, why) });
+            return Err(corrupt(position, format!("record holds position {}, expected {position}", event.position)));
         }
-        if position == self.w {
-            if event.hash != self.w_hash {
-                return Err(RecoverError::Untrusted(format!("hash of position {position} differs from sled's")));
-            }
-        } else {
-            if event.prev_hash != self.prev_hash {
-                return Err(corrupt(position, "prev_hash does not match the previous record".to_owned()));
-            }
-            if compute_hash(&event) != event.hash {
-                return Err(corrupt(position, "hash does not match the record".to_owned()));
-            }
-            let count = u64::from(trailer.append_count);
-            if trailer.append_first > position || position >= trailer.append_first + count.max(1) {
-                return Err(corrupt(position, "append bounds do not contain the record".to_owned()));
-            }
-            let positions = index.streams.entry(event.stream_id.clone()).or_default();
-            if event.stream_version != positions.len() as u64 + 1 {
-                return Err(corrupt(
-                    position,
-                    format!(
-                        "stream {} version {} follows version {}",
-                        event.stream_id,
-                        event.stream_version,
-                        positions.len()
-                    ),
-                ));
-            }
-            positions.push(position);
-            if position == trailer.append_first {
-                if let Some(key) = &event.metadata.idempotency_key {
-                    index.idempotency.insert(
-                        key.clone(),
-                        AppendResult {
-                            stream_id: event.stream_id.clone(),
-                            first_version: event.stream_version,
-                            last_version: event.stream_version + count - 1,
-                            first_position: position,
-                            last_position: position + count - 1,
-                        },
-                    );
-                }
-            }
+        if event.prev_hash != self.prev_hash {
+            return Err(corrupt(position, "prev_hash does not match the previous record".to_owned()));
         }
+        if compute_hash(&event) != event.hash {
+            return Err(corrupt(position, "hash does not match the record".to_owned()));
+        }
+        if position == self.synced.position && event.hash != self.synced.hash {
+            return Err(corrupt(position, "hash differs from the synced watermark's (log/synced)".to_owned()));
+        }
+        let count = u64::from(trailer.append_count);
+        if trailer.append_first > position || position >= trailer.append_first + count.max(1) {
+            return Err(corrupt(position, "append bounds do not contain the record".to_owned()));
+        }
+        let previous = match index.tail_stream_version(&event.stream_id) {
+            Some(v) => v,
+            None => disk.stream_version(&event.stream_id)?,
+        };
+        if event.stream_version != previous + 1 {
+            return Err(corrupt(
+                position,
+                format!("stream {} version {} follows version {previous}", event.stream_id, event.stream_version),
+            ));
+        }
+        let recorded_at_nanos = unix_nanos(event.recorded_at);
+        let key = match &event.metadata.idempotency_key {
+            Some(k) if position == trailer.append_first => Some((
+                Arc::<str>::from(k.as_str()),
+                KeyEntry {
+                    result: AppendResult {
+                        stream_id: event.stream_id.clone(),
+                        first_version: event.stream_version,
+                        last_version: event.stream_version + count - 1,
+                        first_position: position,
+                        last_position: position + count - 1,
+                    },
+                    recorded_at_nanos,
+                },
+            )),
+            _ => None,
+        };
+        let stream_id = match index.streams.get_key_value(event.stream_id.as_str()) {
+            Some((id, _)) => Arc::clone(id),
+            None => Arc::from(event.stream_id.as_str()),
+        };
+        let (key_name, key_entry) = match key {
+            Some((name, entry)) => (Some(name), Some(entry)),
+            None => (None, None),
+        };
+        let entry = TailEntry { loc, stream_id, version: event.stream_version, hash: event.hash, key: key_name };
+        index.push(position, entry, key_entry);
         self.prev_hash = event.hash;
-        self.last_recorded_at_nanos = unix_nanos(event.recorded_at);
+        self.last_recorded_at_nanos = recorded_at_nanos;
         Ok(())
     }
 
     /// The log stops being whole at `(seg, at)`, where position `expect` should be.
-    /// If any whole record after that point has a batch first position beyond `expect`,
-    /// it was written after `expect`'s sync returned, so `expect` had been acknowledged:
-    /// this is damage, reported as `Corrupt`. Otherwise everything after the point was
-    /// written while `expect`'s sync had not returned (the batches in flight at the
-    /// crash, never acknowledged): a torn tail, which is cut (zeroed, later segments
-    /// deleted).
+    /// If `expect` is at or below the synced watermark, it was acknowledged: damage,
+    /// reported as `Corrupt`. Likewise if any whole record after that point has a batch
+    /// first position beyond `expect` (it was written after `expect`'s sync returned).
+    /// Otherwise everything after the point was written while `expect`'s sync had not
+    /// returned (the batches in flight at the crash, never acknowledged): a torn tail,
+    /// which is cut (zeroed, later segments deleted).
     fn torn(
         &mut self,
         index: &mut Index,
@@ -294,6 +362,16 @@ impl Scan {
                 expect - 1,
                 self.w
             )));
+        }
+        if expect <= self.synced.position {
+            return Err(corrupt(
+                expect,
+                format!(
+                    "{why} at offset {at} of {}, but positions through {} were acknowledged (log/synced): refusing to truncate",
+                    paths[seg].1.display(),
+                    self.synced.position
+                ),
+            ));
         }
         let last_nonzero = buf.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         let mut later = find_records_after(&buf[..last_nonzero.max(at)], at + 1);
@@ -319,12 +397,11 @@ impl Scan {
             reason = why,
             "cutting a torn tail of the event log"
         );
-        let s = &mut index.segments[seg];
+        let s = &index.segments[seg];
         if last_nonzero > at {
             s.file.write_all_at(&vec![0u8; last_nonzero - at], at as u64)?;
             s.file.sync_data()?;
         }
-        s.end = at as u64;
         let removed = index.segments.split_off(seg + 1);
         if !removed.is_empty() {
             for (_, path) in &paths[seg + 1..] {
@@ -346,6 +423,12 @@ mod tests {
     use uuid::Uuid;
 
     const SEGMENT_BYTES: u64 = 64 * 1024;
+
+    fn scratch_disk() -> (sled::Db, DiskIndex) {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let disk = DiskIndex::new(db.open_tree("t").unwrap());
+        (db, disk)
+    }
 
     /// Writes single-event appends to segment 1, one group commit per `(events, batch
     /// first position)`, as the pipelined appender does; returns each record's
@@ -396,8 +479,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let records = write_log(dir.path(), &[(3, 1), (3, 1), (3, 4)]);
         tear(dir.path(), records[4]); // position 5
-        let index = match recover(dir.path(), SEGMENT_BYTES, Persisted::default()) {
-            Ok(index) => index,
+        let (_db, disk) = scratch_disk();
+        let index = match recover(dir.path(), SEGMENT_BYTES, &disk, Marker::default(), Synced::default()) {
+            Ok(recovered) => recovered.index,
             Err(RecoverError::Store(err)) => panic!("{err}"),
             Err(RecoverError::Untrusted(why)) => panic!("{why}"),
         };
@@ -414,11 +498,12 @@ mod tests {
         let records = write_log(dir.path(), &[(3, 1), (3, 1), (3, 7)]);
         tear(dir.path(), records[4]);
         let before = fs::read(segment::segment_path(dir.path(), 1)).unwrap();
-        match recover(dir.path(), SEGMENT_BYTES, Persisted::default()) {
+        let (_db, disk) = scratch_disk();
+        match recover(dir.path(), SEGMENT_BYTES, &disk, Marker::default(), Synced::default()) {
             Err(RecoverError::Store(StoreError::Corrupt { position: Some(5), .. })) => {}
             Err(RecoverError::Store(err)) => panic!("expected Corrupt at 5, got {err}"),
             Err(RecoverError::Untrusted(why)) => panic!("expected Corrupt at 5, got {why}"),
-            Ok(index) => panic!("expected Corrupt at 5, recovered to {}", index.head),
+            Ok(recovered) => panic!("expected Corrupt at 5, recovered to {}", recovered.index.head),
         }
         assert_eq!(fs::read(segment::segment_path(dir.path(), 1)).unwrap(), before, "nothing was cut");
     }

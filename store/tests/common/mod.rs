@@ -11,7 +11,19 @@ use paystream_store::{EmbeddedOptions, EmbeddedStore, EventStore, StoreError};
 pub const TEST_SEGMENT_BYTES: u64 = 1024 * 1024;
 
 pub fn options() -> EmbeddedOptions {
-    EmbeddedOptions { segment_bytes: TEST_SEGMENT_BYTES }
+    EmbeddedOptions { segment_bytes: TEST_SEGMENT_BYTES, ..EmbeddedOptions::default() }
+}
+
+/// Simulates a crash that came before the synced watermark covered positions after
+/// `event` (the group commits after it were in flight): the watermark names `event`.
+pub fn rewind_synced(dir: &Path, event: &paystream_store::RecordedEvent) {
+    let synced = paystream_store::embedded::watermark::Synced { position: event.position, hash: event.hash };
+    paystream_store::embedded::watermark::rewrite(&dir.join("log"), synced).unwrap();
+}
+
+pub async fn open_embedded_with(dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, StoreError> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || EmbeddedStore::open_with(&dir, options)).await.unwrap()
 }
 
 pub async fn open_embedded(dir: &Path) -> Result<EmbeddedStore, StoreError> {
