@@ -1,5 +1,6 @@
-//! `paystream serve`: open the log, catch the facts up, make sure an admin
-//! key exists, serve HTTP until SIGINT/SIGTERM, then drain and close.
+//! `paystream serve`: open the log, catch the facts up from their checkpoint,
+//! make sure an admin key exists, finish payments left pending, serve HTTP
+//! until SIGINT/SIGTERM, then drain, checkpoint and close.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use paystream_commands::bus::CommandBus;
-use paystream_commands::facts::Facts;
+use paystream_commands::facts::{Facts, FactsBudget, FactsFollower};
 use paystream_commands::services::{hash_key, Services};
 use paystream_commands::{RequestMeta, SandboxAcquirer};
 use paystream_domain::api_key::Role;
@@ -23,6 +24,11 @@ use crate::state::AppState;
 pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Most authorizations expired per sweep.
 pub const EXPIRY_SWEEP_BATCH: usize = 1_000;
+/// How often payments still awaiting the acquirer are looked for (more often
+/// when `--pending-after-seconds` is shorter).
+pub const PENDING_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Most pending payments finished per sweep.
+pub const PENDING_SWEEP_BATCH: usize = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -51,10 +57,10 @@ pub struct Tuning {
 
 /// Defaults of [`Tuning`].
 pub const DEFAULT_STORE_CACHE_MIB: u64 = 48;
-pub const DEFAULT_FACTS_CACHE_MIB: u64 = 32;
+pub const DEFAULT_FACTS_CACHE_MIB: u64 = paystream_commands::facts::DEFAULT_FACTS_CACHE_MIB;
 pub const DEFAULT_PROJECTIONS_CACHE_MIB: u64 = 64;
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3_600);
-pub const DEFAULT_PENDING_AFTER: Duration = Duration::from_secs(60);
+pub const DEFAULT_PENDING_AFTER: Duration = paystream_commands::services::DEFAULT_PENDING_AFTER;
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -105,6 +111,8 @@ pub struct Opened {
     pub services: Arc<Services>,
     pub store: Arc<dyn EventStore>,
     pub projections: Projections,
+    /// Keeps the facts current; `stop` writes their last checkpoint.
+    pub facts_follower: FactsFollower,
 }
 
 /// Opens the read side's database (`<data>/projections`) over `store`.
@@ -121,27 +129,20 @@ pub async fn open_projections(data: &Path, store: Arc<dyn EventStore>) -> Result
 /// Opens the log and builds the write side, with the facts caught up, and
 /// the read side.
 pub async fn open(data: &Path, tuning: &Tuning) -> Result<Opened, BoxError> {
-    let _ = tuning; // wired part by part: store, facts, projections
     std::fs::create_dir_all(data)?;
     let store_dir = data.to_path_buf();
     let store: Arc<dyn EventStore> =
         Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_dir)).await??);
     let context = Context::new(fingerprint_key(data)?);
-    let facts = Arc::new(Facts::default());
+    let budget = FactsBudget::from_mib(tuning.facts_cache_mib);
+    let facts = Arc::new(Facts::open(&data.join("facts"), budget, store.as_ref()).await?);
     let head = store.head().await?;
-    tokio::spawn({
-        let (facts, store) = (Arc::clone(&facts), Arc::clone(&store));
-        async move {
-            if let Err(error) = facts.follow(store).await {
-                tracing::error!(%error, "the facts follower stopped; restart the server");
-            }
-        }
-    });
-    facts.wait_for(head).await;
+    let mut facts_follower = facts.start(Arc::clone(&store));
+    facts_follower.wait_for(&facts, head).await?;
     let bus = Arc::new(CommandBus::new(Arc::clone(&store), context));
-    let services = Arc::new(Services { bus, facts, acquirer: Arc::new(SandboxAcquirer) });
+    let services = Arc::new(Services::new(bus, facts, Arc::new(SandboxAcquirer::default())));
     let projections = open_projections(data, Arc::clone(&store)).await?;
-    Ok(Opened { services, store, projections })
+    Ok(Opened { services, store, projections, facts_follower })
 }
 
 /// Makes sure an admin key exists: PAYSTREAM_ADMIN_KEY if set, else a new
@@ -186,10 +187,27 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received: finishing in-flight requests");
 }
 
+/// Finishes payments left awaiting the acquirer's answer for longer than
+/// `pending_after`: at start (the facts have caught up by then), then every
+/// [`PENDING_SWEEP_INTERVAL`] or `pending_after`, whichever is shorter.
+async fn sweep_pending(services: Arc<Services>, pending_after: Duration) {
+    let mut interval = tokio::time::interval(PENDING_SWEEP_INTERVAL.min(pending_after).max(Duration::from_secs(1)));
+    loop {
+        interval.tick().await;
+        let meta = RequestMeta::new(Uuid::now_v7(), None);
+        match services.recover_pending(&meta, pending_after, PENDING_SWEEP_BATCH).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(finished = n, "pending payments finished with the acquirer's answer"),
+            Err(error) => tracing::warn!(%error, "pending sweep failed"),
+        }
+    }
+}
+
 pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
-    let Opened { services, store, projections } = open(&options.data, &options.tuning).await?;
+    let Opened { services, store, projections, facts_follower } = open(&options.data, &options.tuning).await?;
     bootstrap_admin(&services).await?;
     let read_side = projections.start();
+    let pending_sweeper = tokio::spawn(sweep_pending(Arc::clone(&services), options.tuning.pending_after));
     let sweeper = tokio::spawn({
         let services = Arc::clone(&services);
         async move {
@@ -213,8 +231,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
     let router = app(AppState { services: Arc::clone(&services), projections: projections.clone() });
     axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
     sweeper.abort();
+    pending_sweeper.abort();
     read_side.stop().await;
     projections.flush().await?;
+    facts_follower.stop().await?;
     match store.close().await {
         Ok(()) | Err(StoreError::Closed) => {}
         Err(error) => return Err(error.into()),

@@ -1,6 +1,6 @@
 //! The one error enum of the write side: a rule rejected the command, a
 //! concurrency conflict outlived the retries, an idempotency key was reused,
-//! or the store failed.
+//! or the store (or the facts database derived from it) failed.
 
 use paystream_domain::DomainError;
 use paystream_store::StoreError;
@@ -21,4 +21,8 @@ pub enum CommandError {
     Decode { position: u64, detail: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The facts database failed or holds what does not parse (derived data:
+    /// the next start rebuilds it from the log).
+    #[error("facts: {0}")]
+    Facts(String),
 }

@@ -2,8 +2,9 @@
 //! command needs, execute it, call the acquirer when the payment waits for
 //! it, execute the follow-up. No rule is checked here.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use paystream_domain::api_key::{ApiKeyAggregate, ApiKeyCommand, Role};
 use paystream_domain::country::CountryCode;
@@ -11,15 +12,15 @@ use paystream_domain::id::{ApiKeyId, BatchId, CaptureId, DisputeId, MerchantId, 
 use paystream_domain::merchant::{FeeSchedule, Merchant, MerchantAggregate, MerchantCommand, Tier};
 use paystream_domain::method::PaymentMethodInput;
 use paystream_domain::payment::{
-    AmountInput, CaptureMethod, Customer, DisputeOutcome, InitiatePayment, Payment, PaymentAggregate, PaymentCommand,
-    PaymentStatus, ReviewDecision,
+    AcquirerOutcome, AmountInput, CaptureMethod, Customer, DeclineCode, DisputeOutcome, InitiatePayment, Payment,
+    PaymentAggregate, PaymentCommand, PaymentStatus, ReviewDecision,
 };
 use paystream_domain::time::Timestamp;
 use paystream_domain::{Currency, DomainError, Money};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::acquirer::{authorize_with_timeout, Acquirer, AuthorizationRequest};
+use crate::acquirer::{authorize_with_timeout, lookup_with_timeout, Acquirer, AuthorizationRequest};
 use crate::bus::{CommandBus, Executed, RequestMeta};
 use crate::error::CommandError;
 use crate::facts::Facts;
@@ -61,14 +62,43 @@ pub struct NewPayment {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Default of `--pending-after-seconds`: how long a payment may await the
+/// acquirer's answer before [`Services::recover_pending`] asks the acquirer for it.
+/// Longer than [`crate::acquirer::ACQUIRER_TIMEOUT`], so a live request has
+/// given up on its answer by then.
+pub const DEFAULT_PENDING_AFTER: Duration = Duration::from_secs(60);
+
 /// The write side as the API sees it.
 pub struct Services {
     pub bus: Arc<CommandBus>,
     pub facts: Arc<Facts>,
     pub acquirer: Arc<dyn Acquirer>,
+    /// Payments whose authorization this process is asking the acquirer for
+    /// right now: the recovery sweep leaves them to that request.
+    authorizing: Mutex<HashSet<PaymentId>>,
+}
+
+/// Removes a payment from [`Services::authorizing`] when its request ends, however it ends.
+struct Authorizing<'a> {
+    services: &'a Services,
+    payment_id: PaymentId,
+}
+
+impl Drop for Authorizing<'_> {
+    fn drop(&mut self) {
+        self.services.authorizing().remove(&self.payment_id);
+    }
 }
 
 impl Services {
+    pub fn new(bus: Arc<CommandBus>, facts: Arc<Facts>, acquirer: Arc<dyn Acquirer>) -> Services {
+        Services { bus, facts, acquirer, authorizing: Mutex::default() }
+    }
+
+    fn authorizing(&self) -> std::sync::MutexGuard<'_, HashSet<PaymentId>> {
+        self.authorizing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     pub async fn merchant(&self, id: MerchantId) -> Result<Option<Merchant>, CommandError> {
         Ok(self.bus.load::<MerchantAggregate>(id.as_uuid()).await?.state)
     }
@@ -181,8 +211,8 @@ impl Services {
             .summarize(now, &self.bus.context().fingerprint_key)
             .map(|m| m.instrument_key())
             .unwrap_or_default();
-        let signals = self.facts.risk_signals(merchant.id, &instrument, input.customer.id.as_deref(), now);
-        let daily_volume = self.facts.daily_volume(merchant.id, input.amount.currency, now);
+        let signals = self.facts.risk_signals(merchant.id, &instrument, input.customer.id.as_deref(), now)?;
+        let daily_volume = self.facts.daily_volume(merchant.id, input.amount.currency, now)?;
         let initiated = self
             .bus
             .execute::<PaymentAggregate>(payment_id.as_uuid(), meta, |_| {
@@ -225,6 +255,8 @@ impl Services {
         amount: Money,
         method: &PaymentMethodInput,
     ) -> Result<Executed<PaymentAggregate>, CommandError> {
+        self.authorizing().insert(payment_id);
+        let _authorizing = Authorizing { services: self, payment_id };
         let started = now();
         let request = AuthorizationRequest { payment_id, amount, method };
         let outcome = authorize_with_timeout(self.acquirer.as_ref(), request).await;
@@ -343,6 +375,49 @@ impl Services {
             }
         }
         Ok(expired)
+    }
+
+    /// Finishes payments that have awaited the acquirer's answer for longer than
+    /// `older_than` (the process that asked died before recording it): asks the
+    /// acquirer for the outcome and records it, or `acquirer_unavailable` when the
+    /// acquirer has no record (then it holds nothing). At most `max`, oldest first;
+    /// payments this process is asking about right now are left alone, and so are
+    /// those the acquirer does not answer about in time (the next sweep asks again).
+    /// Returns how many were finished.
+    pub async fn recover_pending(
+        &self,
+        meta: &RequestMeta,
+        older_than: Duration,
+        max: usize,
+    ) -> Result<usize, CommandError> {
+        let older_than = i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX);
+        let Some(cutoff) = Timestamp::from_unix_seconds(now().unix_seconds().saturating_sub(older_than)) else {
+            return Ok(0);
+        };
+        let mut finished = 0;
+        for payment_id in self.facts.pending_since(cutoff, max) {
+            if self.authorizing().contains(&payment_id) {
+                continue;
+            }
+            let outcome = match lookup_with_timeout(self.acquirer.as_ref(), payment_id).await {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => AcquirerOutcome::Declined { decline_code: DeclineCode::AcquirerUnavailable },
+                Err(_) => continue,
+            };
+            let recorded = self
+                .bus
+                .execute::<PaymentAggregate>(payment_id.as_uuid(), meta, |_| {
+                    Ok(PaymentCommand::RecordAuthorization { outcome: outcome.clone(), now: now() })
+                })
+                .await;
+            match recorded {
+                Ok(_) => finished += 1,
+                // Answered or rejected meanwhile; the facts will catch up.
+                Err(CommandError::Rejected(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(finished)
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use paystream_commands::bus::{CommandBus, RequestMeta};
-use paystream_commands::facts::Facts;
+use paystream_commands::facts::{Facts, FactsBudget, DEFAULT_FACTS_CACHE_MIB};
 use paystream_commands::services::{NewPayment, OnboardMerchant, Services};
 use paystream_commands::{CommandError, SandboxAcquirer};
 use paystream_domain::merchant::{FeeSchedule, Tier};
@@ -25,10 +25,11 @@ struct World {
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::open(&dir.path().join("log")).unwrap());
-    let facts = Arc::new(Facts::default());
-    tokio::spawn(Arc::clone(&facts).follow(Arc::clone(&store)));
+    let facts = Arc::new(Facts::temporary(FactsBudget::from_mib(DEFAULT_FACTS_CACHE_MIB)).unwrap());
+    // Dropping the handle leaves the follower running until the store closes.
+    let _ = facts.start(Arc::clone(&store));
     let bus = Arc::new(CommandBus::new(store, test_context()));
-    World { services: Arc::new(Services { bus, facts, acquirer: Arc::new(SandboxAcquirer) }), _dir: dir }
+    World { services: Arc::new(Services::new(bus, facts, Arc::new(SandboxAcquirer::default()))), _dir: dir }
 }
 
 fn meta() -> RequestMeta {
@@ -184,9 +185,15 @@ async fn facts_count_velocity_and_daily_volume() {
     }
     w.services.facts.wait_for(last).await;
     let now = paystream_commands::services::now();
-    assert_eq!(w.services.facts.daily_volume(merchant_id, Currency::SGD, now), Money::new(30_000, Currency::SGD));
+    assert_eq!(
+        w.services.facts.daily_volume(merchant_id, Currency::SGD, now).unwrap(),
+        Money::new(30_000, Currency::SGD)
+    );
     let instrument = card("5555555555554444").summarize(now, &test_context().fingerprint_key).unwrap().instrument_key();
-    assert_eq!(w.services.facts.risk_signals(merchant_id, &instrument, None, now).instrument_attempts_last_hour, 3);
+    assert_eq!(
+        w.services.facts.risk_signals(merchant_id, &instrument, None, now).unwrap().instrument_attempts_last_hour,
+        3
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,444 @@
+//! How the facts are stored: one sled tree (`<data>/facts`) behind a bounded
+//! write-back cache, and the checkpoint that says which log position the
+//! stored facts reflect.
+//!
+//! # Keys
+//!
+//! ```text
+//! \0checkpoint                         format | position u64 | hash [32] | latest_at i64 | since_prune u64
+//! a<instrument>                        attempts window of a card or account (unix seconds, i64 each)
+//! c<merchant uuid><customer id>        attempts window of a merchant's customer
+//! n<instrument>                        declines window of an instrument
+//! x<expires u64><window key>           prune index: the window stops counting by `expires` (unix s, rounded up to a minute)
+//! d<day u32><merchant uuid><currency>  volume authorized that UTC day (i64 minor units)
+//! p<payment uuid>                      a payment awaiting the acquirer: merchant, initiated_at, instrument
+//! e<payment uuid>                      an authorization and when its hold lapses (i64 unix s)
+//! k<key hash>                          an API key (JSON)
+//! ```
+//!
+//! Integers are big-endian; signed ones with the sign bit flipped, so sled's
+//! byte order is their numeric order (the prune index and the days are
+//! scanned as ranges).
+//!
+//! # Write-back
+//!
+//! Changes go to `dirty` (typed values, so a busy window is not re-encoded on
+//! every event). A flush moves `dirty` into `flushing`, which readers still
+//! consult while one `sled::Batch` (the changes and the checkpoint) is applied
+//! outside the lock; then `flushing` is dropped. A key written for the first
+//! time since the last flush and deleted before the next (a payment authorized
+//! and captured within a second) never reaches sled.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+
+use paystream_domain::api_key::Role;
+use paystream_domain::id::{ApiKeyId, MerchantId};
+use paystream_store::Position;
+use serde::{Deserialize, Serialize};
+
+use super::{KeyRecord, PendingPayment};
+
+/// The checkpoint key, first in key order.
+pub(crate) const CHECKPOINT_KEY: &[u8] = b"\0checkpoint";
+/// Layout version of everything in the facts database; another value in a
+/// checkpoint means the database is dropped and rebuilt from the log.
+pub(crate) const FACTS_FORMAT: u8 = 1;
+/// Estimated bytes a cached entry costs beyond its key and value (map node,
+/// allocation headers).
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+pub(crate) const ATTEMPTS: u8 = b'a';
+pub(crate) const CUSTOMER_ATTEMPTS: u8 = b'c';
+pub(crate) const DECLINES: u8 = b'n';
+pub(crate) const PRUNE_INDEX: u8 = b'x';
+pub(crate) const VOLUME: u8 = b'd';
+pub(crate) const PENDING: u8 = b'p';
+pub(crate) const EXPIRY: u8 = b'e';
+pub(crate) const KEY: u8 = b'k';
+
+/// A stored fact, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
+    /// Event times (unix seconds), oldest first.
+    Window(VecDeque<i64>),
+    Volume(i64),
+    Pending(PendingPayment),
+    Expiry(i64),
+    Key(KeyRecord),
+    /// A prune index entry: the key says everything.
+    Marker,
+}
+
+/// An API key as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    id: ApiKeyId,
+    role: Role,
+    merchant_id: Option<MerchantId>,
+    revoked: bool,
+}
+
+/// Why stored bytes could not be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("facts database: cannot parse the value of key {key}")]
+pub(crate) struct Unparsable {
+    pub key: String,
+}
+
+pub(crate) fn i64_key(value: i64) -> [u8; 8] {
+    ((value as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub(crate) fn i64_from_key(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
+fn unparsable(key: &[u8]) -> Unparsable {
+    Unparsable { key: String::from_utf8_lossy(key).into_owned() }
+}
+
+fn i64_at(bytes: &[u8], at: usize) -> Option<i64> {
+    Some(i64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+impl Value {
+    /// Estimated bytes in memory.
+    fn size(&self) -> usize {
+        match self {
+            Value::Window(window) => 8 * window.len(),
+            Value::Pending(pending) => 32 + pending.instrument.len(),
+            Value::Key(_) => 64,
+            Value::Volume(_) | Value::Expiry(_) | Value::Marker => 8,
+        }
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        match self {
+            Value::Window(window) => window.iter().flat_map(|t| t.to_be_bytes()).collect(),
+            Value::Volume(v) | Value::Expiry(v) => v.to_be_bytes().to_vec(),
+            Value::Pending(p) => {
+                let mut out = Vec::with_capacity(24 + p.instrument.len());
+                out.extend_from_slice(p.merchant_id.as_uuid().as_bytes());
+                out.extend_from_slice(&p.initiated_at.to_be_bytes());
+                out.extend_from_slice(p.instrument.as_bytes());
+                out
+            }
+            Value::Key(k) => {
+                let stored = StoredKey { id: k.id, role: k.role, merchant_id: k.merchant_id, revoked: k.revoked };
+                // A struct of ids, an enum and a bool always serializes.
+                serde_json::to_vec(&stored).unwrap_or_default()
+            }
+            Value::Marker => Vec::new(),
+        }
+    }
+
+    /// Decodes the value stored under `key` (its first byte says the kind).
+    pub(crate) fn decode(key: &[u8], bytes: &[u8]) -> Result<Value, Unparsable> {
+        let parsed = match key.first() {
+            Some(&(ATTEMPTS | CUSTOMER_ATTEMPTS | DECLINES)) if bytes.len().is_multiple_of(8) => {
+                Some(Value::Window(bytes.chunks_exact(8).filter_map(|c| i64_at(c, 0)).collect()))
+            }
+            Some(&VOLUME) if bytes.len() == 8 => i64_at(bytes, 0).map(Value::Volume),
+            Some(&EXPIRY) if bytes.len() == 8 => i64_at(bytes, 0).map(Value::Expiry),
+            Some(&PENDING) if bytes.len() >= 24 => {
+                let merchant = uuid::Uuid::from_slice(&bytes[..16]).ok();
+                let instrument = std::str::from_utf8(&bytes[24..]).ok();
+                match (merchant, i64_at(bytes, 16), instrument) {
+                    (Some(m), Some(initiated_at), Some(i)) => Some(Value::Pending(PendingPayment {
+                        merchant_id: MerchantId::from_uuid(m),
+                        instrument: i.to_string(),
+                        initiated_at,
+                    })),
+                    _ => None,
+                }
+            }
+            Some(&KEY) => serde_json::from_slice::<StoredKey>(bytes).ok().map(|k| {
+                Value::Key(KeyRecord { id: k.id, role: k.role, merchant_id: k.merchant_id, revoked: k.revoked })
+            }),
+            Some(&PRUNE_INDEX) if bytes.is_empty() => Some(Value::Marker),
+            _ => None,
+        };
+        parsed.ok_or_else(|| unparsable(key))
+    }
+}
+
+/// What the stored facts reflect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub position: Position,
+    /// `RecordedEvent::hash` of the event at `position` (zeros for position 0).
+    pub hash: [u8; 32],
+    /// Latest event time seen: the clock windows are pruned by.
+    pub latest_at: i64,
+    /// Events applied since the last prune step.
+    pub since_prune: u64,
+}
+
+impl Checkpoint {
+    pub(crate) const EMPTY: Checkpoint = Checkpoint { position: 0, hash: [0; 32], latest_at: 0, since_prune: 0 };
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(57);
+        out.push(FACTS_FORMAT);
+        out.extend_from_slice(&self.position.to_be_bytes());
+        out.extend_from_slice(&self.hash);
+        out.extend_from_slice(&self.latest_at.to_be_bytes());
+        out.extend_from_slice(&self.since_prune.to_be_bytes());
+        out
+    }
+
+    /// `None` when the bytes are not a checkpoint of this [`FACTS_FORMAT`].
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Checkpoint> {
+        if bytes.len() != 57 || bytes[0] != FACTS_FORMAT {
+            return None;
+        }
+        Some(Checkpoint {
+            position: u64::from_be_bytes(bytes[1..9].try_into().ok()?),
+            hash: bytes[9..41].try_into().ok()?,
+            latest_at: i64_at(bytes, 41)?,
+            since_prune: u64::from_be_bytes(bytes[49..57].try_into().ok()?),
+        })
+    }
+}
+
+/// A pending write: the value (`None` deletes) and whether the key is known
+/// to be absent from sled and from the batch being flushed, so that deleting
+/// it needs no write at all.
+#[derive(Debug, Clone)]
+struct Slot {
+    value: Option<Value>,
+    fresh: bool,
+}
+
+fn slot_size(key: &[u8], slot: &Slot) -> usize {
+    key.len() + ENTRY_OVERHEAD_BYTES + slot.value.as_ref().map_or(0, Value::size)
+}
+
+type Changes = BTreeMap<Vec<u8>, Slot>;
+
+/// A batch being written: the frozen changes and the checkpoint written with them.
+pub(crate) struct Frozen {
+    changes: Arc<Changes>,
+    checkpoint: Checkpoint,
+}
+
+impl Frozen {
+    /// Writes the changes and the checkpoint in one atomic sled batch.
+    pub(crate) fn write(&self, tree: &sled::Tree) -> Result<(), sled::Error> {
+        let mut batch = sled::Batch::default();
+        for (key, slot) in self.changes.iter() {
+            match &slot.value {
+                Some(value) => batch.insert(key.as_slice(), value.encode()),
+                None if !slot.fresh => batch.remove(key.as_slice()),
+                None => {}
+            }
+        }
+        batch.insert(CHECKPOINT_KEY, self.checkpoint.encode());
+        tree.apply_batch(batch)
+    }
+}
+
+/// The write-back cache in front of the facts tree.
+pub(crate) struct WriteBack {
+    tree: sled::Tree,
+    dirty: Changes,
+    dirty_bytes: usize,
+    flushing: Option<Arc<Changes>>,
+}
+
+impl WriteBack {
+    pub(crate) fn new(tree: sled::Tree) -> WriteBack {
+        WriteBack { tree, dirty: Changes::new(), dirty_bytes: 0, flushing: None }
+    }
+
+    pub(crate) fn dirty_bytes(&self) -> usize {
+        self.dirty_bytes
+    }
+
+    pub(crate) fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Calls `f` with the current value of `key`: unflushed changes first,
+    /// then the batch being written, then sled.
+    pub(crate) fn read<R>(&self, key: &[u8], f: impl FnOnce(Option<&Value>) -> R) -> Result<R, ReadError> {
+        if let Some(slot) = self.dirty.get(key) {
+            return Ok(f(slot.value.as_ref()));
+        }
+        if let Some(slot) = self.flushing.as_ref().and_then(|changes| changes.get(key)) {
+            return Ok(f(slot.value.as_ref()));
+        }
+        match self.tree.get(key)? {
+            Some(bytes) => Ok(f(Some(&Value::decode(key, &bytes)?))),
+            None => Ok(f(None)),
+        }
+    }
+
+    /// Takes the current value of `key` out for a change that [`WriteBack::put`]
+    /// brings back; the flag says whether the key is absent from sled and the
+    /// batch being written.
+    pub(crate) fn take(&mut self, key: &[u8]) -> Result<(Option<Value>, bool), ReadError> {
+        if let Some(slot) = self.dirty.remove(key) {
+            self.dirty_bytes -= slot_size(key, &slot);
+            return Ok((slot.value, slot.fresh));
+        }
+        if let Some(slot) = self.flushing.as_ref().and_then(|changes| changes.get(key)) {
+            let fresh = slot.value.is_none();
+            return Ok((slot.value.clone(), fresh));
+        }
+        match self.tree.get(key)? {
+            Some(bytes) => Ok((Some(Value::decode(key, &bytes)?), false)),
+            None => Ok((None, true)),
+        }
+    }
+
+    /// Writes `value` under `key`; `fresh` as returned by [`WriteBack::take`]
+    /// (or `true` for a key that cannot exist yet, such as a new payment's).
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Value, fresh: bool) {
+        // A key already changed since the last flush keeps what is known of it.
+        let fresh = match self.dirty.remove(&key) {
+            Some(old) => {
+                self.dirty_bytes -= slot_size(&key, &old);
+                old.fresh
+            }
+            None => fresh,
+        };
+        let slot = Slot { value: Some(value), fresh };
+        self.dirty_bytes += slot_size(&key, &slot);
+        self.dirty.insert(key, slot);
+    }
+
+    /// Deletes `key`.
+    pub(crate) fn delete(&mut self, key: Vec<u8>) {
+        if let Some(old) = self.dirty.remove(&key) {
+            self.dirty_bytes -= slot_size(&key, &old);
+            if old.fresh {
+                return;
+            }
+        }
+        let slot = Slot { value: None, fresh: false };
+        self.dirty_bytes += slot_size(&key, &slot);
+        self.dirty.insert(key, slot);
+    }
+
+    /// Moves the unflushed changes into the batch being written; the caller
+    /// writes it with [`Frozen::write`] and then calls [`WriteBack::flushed`].
+    pub(crate) fn freeze(&mut self, checkpoint: Checkpoint) -> Frozen {
+        debug_assert!(self.flushing.is_none(), "one flush at a time");
+        let changes = Arc::new(std::mem::take(&mut self.dirty));
+        self.dirty_bytes = 0;
+        self.flushing = Some(Arc::clone(&changes));
+        Frozen { changes, checkpoint }
+    }
+
+    /// The frozen batch is in sled (or failed: then its changes are lost with
+    /// the process, which rebuilds from the last checkpoint).
+    pub(crate) fn flushed(&mut self) {
+        self.flushing = None;
+    }
+
+    /// Up to `max` stored keys from `from` (inclusive) to `to` (exclusive), in
+    /// key order. Only called right after a flush, when sled holds every change.
+    pub(crate) fn stored_keys(&self, from: &[u8], to: &[u8], max: usize) -> Result<Vec<Vec<u8>>, sled::Error> {
+        debug_assert!(self.dirty.is_empty() && self.flushing.is_none(), "scans run on flushed state");
+        self.tree.range(from..to).keys().take(max).map(|k| k.map(|k| k.to_vec())).collect()
+    }
+}
+
+/// A read from the facts database failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error(transparent)]
+    Sled(#[from] sled::Error),
+    #[error(transparent)]
+    Unparsable(#[from] Unparsable),
+}
+
+/// Opens (creating it if needed) the facts database with a page cache of
+/// `cache_bytes`; a database sled reports as corrupt is moved aside
+/// (`facts.corrupt-<unix time>`) and started anew (the facts are rebuilt from
+/// the log).
+pub(crate) fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+    let config = || sled::Config::new().path(path).cache_capacity(cache_bytes);
+    match config().open() {
+        Err(sled::Error::Corruption { .. }) => {
+            let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+            let aside = path.with_extension(format!("corrupt-{stamp}"));
+            tracing::warn!(path = %path.display(), aside = %aside.display(), "facts database is corrupt; moving it aside and rebuilding from the log");
+            std::fs::rename(path, &aside)?;
+            config().open()
+        }
+        other => other,
+    }
+}
+
+/// A temporary facts database (tests, tools): removed when dropped.
+pub(crate) fn temporary_db(cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+    sled::Config::new().temporary(true).cache_capacity(cache_bytes).open()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn values_and_checkpoints_round_trip() {
+        let merchant = MerchantId::from_uuid(uuid::Uuid::from_u128(42));
+        let cases = [
+            (vec![ATTEMPTS, b'z'], Value::Window(VecDeque::from([-5, 0, 1_799_020_800]))),
+            (vec![VOLUME, 1], Value::Volume(-12)),
+            (vec![EXPIRY, 1], Value::Expiry(99)),
+            (
+                vec![PENDING, 1],
+                Value::Pending(PendingPayment { merchant_id: merchant, instrument: "card:fp".into(), initiated_at: 7 }),
+            ),
+            (
+                vec![KEY, b'h'],
+                Value::Key(KeyRecord {
+                    id: ApiKeyId::from_uuid(uuid::Uuid::from_u128(1)),
+                    role: Role::Merchant,
+                    merchant_id: Some(merchant),
+                    revoked: true,
+                }),
+            ),
+            (vec![PRUNE_INDEX, 1], Value::Marker),
+        ];
+        for (key, value) in cases {
+            assert_eq!(Value::decode(&key, &value.encode()).unwrap(), value);
+        }
+        assert!(Value::decode(&[VOLUME], b"short").is_err());
+        let checkpoint = Checkpoint { position: 9, hash: [3; 32], latest_at: -1, since_prune: 17 };
+        assert_eq!(Checkpoint::decode(&checkpoint.encode()), Some(checkpoint));
+        let mut other_format = checkpoint.encode();
+        other_format[0] = FACTS_FORMAT + 1;
+        assert_eq!(Checkpoint::decode(&other_format), None);
+        assert!(i64_key(-1) < i64_key(0) && i64_key(0) < i64_key(1));
+        assert_eq!(i64_from_key(i64_key(-77)), -77);
+    }
+
+    #[test]
+    fn a_key_written_and_deleted_between_flushes_never_reaches_sled() {
+        let db = temporary_db(1 << 20).unwrap();
+        let mut cache = WriteBack::new((*db).clone());
+        cache.put(vec![EXPIRY, 1], Value::Expiry(1), true);
+        cache.put(vec![EXPIRY, 2], Value::Expiry(2), true);
+        cache.delete(vec![EXPIRY, 1]);
+        let frozen = cache.freeze(Checkpoint::EMPTY);
+        assert_eq!(
+            cache.read(&[EXPIRY, 2], |v| v.cloned()).unwrap(),
+            Some(Value::Expiry(2)),
+            "readable while flushing"
+        );
+        frozen.write(&db).unwrap();
+        cache.flushed();
+        assert_eq!(cache.read(&[EXPIRY, 2], |v| v.cloned()).unwrap(), Some(Value::Expiry(2)));
+        cache.delete(vec![EXPIRY, 2]);
+        cache.freeze(Checkpoint::EMPTY).write(&db).unwrap();
+        cache.flushed();
+        let keys: Vec<_> = db.iter().keys().map(|k| k.unwrap().to_vec()).collect();
+        assert_eq!(keys, [CHECKPOINT_KEY.to_vec()]);
+    }
+}
