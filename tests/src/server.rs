@@ -118,27 +118,42 @@ pub struct Server {
 impl Server {
     /// A server on a fresh temporary data directory, logging at `info`.
     pub fn start() -> Server {
-        Server::spawn(DataDir::Owned(temp_data_dir()), "info", ADMIN_KEY)
+        Server::spawn(DataDir::Owned(temp_data_dir()), "info", ADMIN_KEY, &[])
     }
 
     /// A server on a fresh temporary data directory whose admin key
     /// (PAYSTREAM_ADMIN_KEY) is `admin_key`.
     pub fn start_with_admin_key(admin_key: &str) -> Server {
-        Server::spawn(DataDir::Owned(temp_data_dir()), "info", admin_key)
+        Server::spawn(DataDir::Owned(temp_data_dir()), "info", admin_key, &[])
     }
 
     /// A server on `data` (kept after it stops), logging at `log_level`
     /// (the PAYSTREAM_LOG filter).
     pub fn start_in(data: &Path, log_level: &str) -> Server {
-        Server::spawn(DataDir::Borrowed(data.to_path_buf()), log_level, ADMIN_KEY)
+        Server::spawn(DataDir::Borrowed(data.to_path_buf()), log_level, ADMIN_KEY, &[])
     }
 
-    fn spawn(data: DataDir, log_level: &str, admin_key: &str) -> Server {
+    /// [`Server::start_in`] with more `serve` options (e.g. `--idempotency-window-seconds 2`).
+    pub fn start_in_with(data: &Path, log_level: &str, serve_args: &[&str]) -> Server {
+        Server::spawn(DataDir::Borrowed(data.to_path_buf()), log_level, ADMIN_KEY, serve_args)
+    }
+
+    /// Kills the process with SIGKILL (a crash) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+
+    fn spawn(data: DataDir, log_level: &str, admin_key: &str, serve_args: &[&str]) -> Server {
         let mut child = Command::new(binary())
             .arg("serve")
             .arg("--data")
             .arg(data.path())
             .args(["--listen", "127.0.0.1:0"])
+            .args(serve_args)
             .env("PAYSTREAM_ADMIN_KEY", admin_key)
             .env("PAYSTREAM_LOG", log_level)
             .env_remove("PAYSTREAM_FINGERPRINT_KEY")
