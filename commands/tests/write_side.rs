@@ -11,7 +11,7 @@ use paystream_commands::facts::{Facts, FactsBudget, DEFAULT_FACTS_CACHE_MIB};
 use paystream_commands::services::{NewPayment, OnboardMerchant, Services};
 use paystream_commands::{CommandError, SandboxAcquirer};
 use paystream_domain::merchant::{FeeSchedule, Tier};
-use paystream_domain::payment::{AmountInput, CaptureMethod, Customer, PaymentStatus};
+use paystream_domain::payment::{AcquirerOutcome, AmountInput, CaptureMethod, Customer, DeclineCode, PaymentStatus};
 use paystream_domain::testing::test_context;
 use paystream_domain::{Currency, Money};
 use paystream_store::{EmbeddedStore, EventStore};
@@ -23,13 +23,17 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(Arc::new(SandboxAcquirer::default())).await
+}
+
+async fn world_with(acquirer: Arc<dyn paystream_commands::Acquirer>) -> World {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::open(&dir.path().join("log")).unwrap());
     let facts = Arc::new(Facts::temporary(FactsBudget::from_mib(DEFAULT_FACTS_CACHE_MIB)).unwrap());
     // Dropping the handle leaves the follower running until the store closes.
     let _ = facts.start(Arc::clone(&store));
     let bus = Arc::new(CommandBus::new(store, test_context()));
-    World { services: Arc::new(Services::new(bus, facts, Arc::new(SandboxAcquirer::default()))), _dir: dir }
+    World { services: Arc::new(Services::new(bus, facts, acquirer)), _dir: dir }
 }
 
 fn meta() -> RequestMeta {
@@ -196,15 +200,12 @@ async fn facts_count_velocity_and_daily_volume() {
     );
 }
 
-#[tokio::test]
-async fn a_payment_cut_off_before_the_acquirer_answer_can_be_finished() {
+/// Only the first append of create_payment happens (as when the process dies
+/// before the acquirer answers): the payment stays pending.
+async fn initiate_only(w: &World, input: &NewPayment) -> paystream_domain::id::PaymentId {
     use paystream_domain::payment::{InitiatePayment, PaymentAggregate, PaymentCommand};
-    let w = world().await;
-    let merchant_id = merchant(&w.services).await;
-    let merchant = w.services.merchant(merchant_id).await.unwrap().unwrap();
-    // Only the first append of create_payment happened (the process died).
+    let merchant = w.services.merchant(input.merchant_id).await.unwrap().unwrap();
     let payment_id = paystream_domain::id::PaymentId::from_uuid(Uuid::now_v7());
-    let input = payment(merchant_id, "4242424242424242", CaptureMethod::Automatic);
     let initiated = w
         .services
         .bus
@@ -226,9 +227,62 @@ async fn a_payment_cut_off_before_the_acquirer_answer_can_be_finished() {
         .await
         .unwrap();
     assert_eq!(initiated.state.unwrap().status(), PaymentStatus::Pending);
+    w.services.facts.wait_for(initiated.position).await;
+    payment_id
+}
+
+#[tokio::test]
+async fn a_payment_cut_off_before_the_acquirer_answer_can_be_finished() {
+    let w = world().await;
+    let merchant_id = merchant(&w.services).await;
+    let input = payment(merchant_id, "4242424242424242", CaptureMethod::Automatic);
+    let payment_id = initiate_only(&w, &input).await;
     let finished = w.services.authorize(&meta(), payment_id, input.amount, &input.method).await.unwrap();
     assert_eq!(finished.state.unwrap().status(), PaymentStatus::Captured);
     // Asking again is refused by the rules: the answer is recorded once.
     let again = w.services.authorize(&meta(), payment_id, input.amount, &input.method).await.unwrap_err();
     assert!(matches!(again, CommandError::Rejected(e) if e.code() == "payment_not_awaiting_authorization"));
+}
+
+/// An acquirer that remembers one authorization: `lookup` answers it.
+struct Remembers {
+    payment_id: std::sync::Mutex<Option<paystream_domain::id::PaymentId>>,
+}
+
+#[async_trait::async_trait]
+impl paystream_commands::Acquirer for Remembers {
+    async fn authorize(&self, _: paystream_commands::AuthorizationRequest<'_>) -> AcquirerOutcome {
+        unreachable!("the sweep only looks up")
+    }
+
+    async fn lookup(&self, payment_id: paystream_domain::id::PaymentId) -> Option<AcquirerOutcome> {
+        (*self.payment_id.lock().unwrap() == Some(payment_id))
+            .then(|| AcquirerOutcome::Approved { acquirer_reference: "acq_remembered".into() })
+    }
+}
+
+#[tokio::test]
+async fn the_pending_sweep_records_what_the_acquirer_remembers_and_declines_what_it_does_not() {
+    let acquirer = Arc::new(Remembers { payment_id: std::sync::Mutex::new(None) });
+    let w = world_with(acquirer.clone()).await;
+    let merchant_id = merchant(&w.services).await;
+    let remembered = initiate_only(&w, &payment(merchant_id, "4242424242424242", CaptureMethod::Automatic)).await;
+    let forgotten = initiate_only(&w, &payment(merchant_id, "5555555555554444", CaptureMethod::Manual)).await;
+    *acquirer.payment_id.lock().unwrap() = Some(remembered);
+    let now = paystream_commands::services::now();
+    assert_eq!(w.services.facts.pending_since(now, 10), [remembered, forgotten]);
+
+    let later = std::time::Duration::from_secs(3_600);
+    assert_eq!(w.services.recover_pending(&meta(), later, 10).await.unwrap(), 0, "not pending long enough");
+    let finished = w.services.recover_pending(&meta(), std::time::Duration::ZERO, 10).await.unwrap();
+    assert_eq!(finished, 2);
+
+    let p = w.services.payment(remembered).await.unwrap().unwrap();
+    assert_eq!((p.status(), p.amount_captured), (PaymentStatus::Captured, 10_000), "authorized, captured at once");
+    let p = w.services.payment(forgotten).await.unwrap().unwrap();
+    assert_eq!((p.status(), p.decline_code), (PaymentStatus::Declined, Some(DeclineCode::AcquirerUnavailable)));
+    let head = w.services.bus.store().head().await.unwrap();
+    w.services.facts.wait_for(head).await;
+    assert!(w.services.facts.pending_since(paystream_commands::services::now(), 10).is_empty());
+    assert_eq!(w.services.recover_pending(&meta(), std::time::Duration::ZERO, 10).await.unwrap(), 0);
 }
