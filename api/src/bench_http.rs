@@ -5,10 +5,12 @@
 //! `PAYSTREAM_ADMIN_KEY` set and the `serve` tuning options forwarded, so the
 //! server's memory is measured alone: the clients, their buffers and the
 //! latency records live in the bench process. It creates a merchant and its
-//! key, then runs `clients` keep-alive HTTP/1.1 connections, each creating
-//! automatic-capture card payments with a distinct Luhn-valid card and
-//! customer (one request = a payment initiated, risk-assessed, authorized and
-//! captured: two durable appends) until the run ends.
+//! key per client (one merchant would reach its tier's daily volume limit
+//! within minutes), then runs `clients` keep-alive HTTP/1.1 connections, each
+//! creating automatic-capture card payments for its merchant with a distinct
+//! Luhn-valid card and customer (one request = a payment initiated,
+//! risk-assessed, authorized and captured: two durable appends of two events
+//! each) until the run ends.
 //!
 //! Every `SAMPLE_EVERY` it samples the server's RSS (`VmRSS` in
 //! `/proc/<pid>/status`), the log head (`GET /healthz`) and the largest
@@ -32,6 +34,7 @@
 //! | 0-30 s | 171234 | 0 | 5708 | 10.61 | 24.02 | 80.11 | 412.3 | 342470 |
 //! ...
 //! payments: 684000 created+captured, 0 failed, 5700 payments/s, 11400 durable appends/s
+//! first failure: 422 {"error":...}            (only when a request failed)
 //! latency (whole run): p50 10.70 ms, p99 25.10 ms, max 120.00 ms
 //! p99 last/first interval: 1.12x
 //! events in the log: 1368004
@@ -549,6 +552,38 @@ async fn client(
     Ok(record)
 }
 
+/// One merchant and merchant key per client: a tier A merchant may take
+/// 5,000,000 USD a day, which one merchant reaches after ~400,000 of the
+/// bench's payments (10.00-14.99 USD), a minute or two of load.
+async fn create_merchants(addr: SocketAddr, admin_key: &str, count: usize) -> Result<Vec<String>, BoxError> {
+    let mut setup = Connection::open(addr).await?;
+    let mut keys = Vec::with_capacity(count);
+    for n in 0..count {
+        let (status, merchant) = setup
+            .request(
+                "POST",
+                "/v1/merchants",
+                Some(admin_key),
+                Some(&json!({"name": format!("Bench Shop {n}"), "country": "US", "default_currency": "USD", "tier": "A", "fees": {"percent_bps": 290, "fixed": 30}})),
+            )
+            .await?;
+        if status != 201 {
+            return Err(format!("creating a merchant failed: {status} {merchant}").into());
+        }
+        let (status, key) = setup
+            .request(
+                "POST",
+                "/v1/api_keys",
+                Some(admin_key),
+                Some(&json!({"role": "merchant", "merchant_id": merchant["id"]})),
+            )
+            .await?;
+        let key = key["key"].as_str().ok_or_else(|| format!("creating a key failed: {status} {key}"))?;
+        keys.push(key.to_string());
+    }
+    Ok(keys)
+}
+
 async fn sample(addr: SocketAddr, admin_key: &str, pid: Option<u32>, started: Instant) -> Sample {
     let rss_kib = pid.and_then(|pid| proc_status_kib(pid, "VmRSS"));
     let head = head_position(addr).await;
@@ -599,28 +634,7 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
         ),
     };
 
-    let mut setup = Connection::open(addr).await?;
-    let (status, merchant) = setup
-        .request(
-            "POST",
-            "/v1/merchants",
-            Some(&admin_key),
-            Some(&json!({"name": "Bench Shop", "country": "US", "default_currency": "USD", "tier": "A", "fees": {"percent_bps": 290, "fixed": 30}})),
-        )
-        .await?;
-    if status != 201 {
-        return Err(format!("creating the merchant failed: {status} {merchant}").into());
-    }
-    let (status, key) = setup
-        .request(
-            "POST",
-            "/v1/api_keys",
-            Some(&admin_key),
-            Some(&json!({"role": "merchant", "merchant_id": merchant["id"]})),
-        )
-        .await?;
-    let merchant_key =
-        key["key"].as_str().ok_or_else(|| format!("creating the key failed: {status} {key}"))?.to_string();
+    let merchant_keys = create_merchants(addr, &admin_key, options.clients).await?;
 
     let started = Instant::now();
     let deadline = started + options.duration;
@@ -640,7 +654,8 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
         }
     });
     let tasks: Vec<_> = (0..options.clients as u64)
-        .map(|n| tokio::spawn(client(addr, merchant_key.clone(), n, started, deadline)))
+        .zip(merchant_keys)
+        .map(|(n, key)| tokio::spawn(client(addr, key, n, started, deadline)))
         .collect();
     let mut completions = Vec::new();
     let mut failure_sample = None;
@@ -653,9 +668,6 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
     let mut samples = monitor.await?;
     let end = sample(addr, &admin_key, pid, started).await;
     samples.push(end);
-    if let Some(failure) = failure_sample {
-        eprintln!("first failed request: {failure}");
-    }
 
     let rows = interval_rows(
         &completions,
@@ -690,6 +702,9 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
         "payments: {payments} created+captured, {failures} failed, {per_second} payments/s, {} durable appends/s\n",
         per_second * 2
     ));
+    if let Some(failure) = failure_sample {
+        out.push_str(&format!("first failure: {failure}\n"));
+    }
     let mut latencies: Vec<u32> = completions.iter().map(|c| c.latency_us).collect();
     drop(completions);
     latencies.sort_unstable();
