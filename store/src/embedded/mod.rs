@@ -7,6 +7,8 @@
 //! <dir>/log/00000000000000000001.seg   segment files, named by the position of their
 //! <dir>/log/00000000000000052311.seg   first record (20 digits), preallocated to
 //! ...                                  `segment_bytes` (64 MiB) with written zeros
+//! <dir>/log/synced                     the synced watermark (see `watermark`)
+//! <dir>/log/spare                      the next segment, prepared in the background
 //! <dir>/index/                         sled database (derived; may be deleted)
 //! ```
 //!
@@ -30,23 +32,30 @@
 //!   u32       append event count
 //! ```
 //!
-//! The sled tree `paystream-store/v1` holds the derived indexes, written by the indexer
-//! in chunks of 1,024 positions, one atomic sled batch per chunk:
+//! # The index: on disk, with only the tail in memory
 //!
-//! ```text
-//! c/<chunk no, u64 BE>    for each position of the chunk: segment (first position),
-//!                         offset, stream version, stream id  (position and stream index)
-//! i/<idempotency key>     first/last version and position, stream id of the append
-//!                         (idempotency index; written with the chunk of its first event)
-//! m/indexed_through       last indexed position (a multiple of 1,024)
-//! m/indexed_hash          hash of the record at that position (ties sled to this log)
-//! ```
+//! Readers and the appender need, for any stream, its last version and the positions of
+//! its versions; for any idempotency key, the append that carried it; for any position,
+//! where its record is. The sled tree `paystream-store/v2` holds all three for
+//! positions `1..=indexed_through` (layout in `derived`); sled's page cache
+//! ([`EmbeddedOptions::cache_bytes`]) keeps hot streams in memory. The positions after
+//! it, the *tail*, are held in memory (`index`): the syncer adds each group commit to
+//! it as it publishes it, and the indexer thread, every 50 ms, writes each complete
+//! chunk of 1,024 positions to sled in one atomic batch (with the marker
+//! `indexed_through` and the hash of the record there), then drops it from the tail.
+//! So memory holds what was appended in the last fraction of a second, never the
+//! history; if sled falls behind by [`MAX_UNINDEXED_EVENTS`] the appender waits.
 //!
-//! Writing sled per chunk instead of per event keeps it off the CPU budget of the write
-//! path (per-event sled inserts halved durable throughput on two cores). Readers never
-//! query sled: the indexes live in memory and sled is what lets a large log reopen
-//! without reading all of it. Other trees of the same database are free for read models
-//! and projection checkpoints ([`EmbeddedStore::derived_db`]).
+//! A lookup asks the tail first, then sled. That is exact without holding a lock across
+//! both: only the appender creates versions and keys, and a chunk is in sled before it
+//! leaves the tail, so a stream (or key) the tail does not hold is whole in sled.
+//! sled's `flush` is never relied on (sled issue 1452): whatever sled lost is re-read
+//! from the log on open.
+//!
+//! Idempotency keys are remembered for [`EmbeddedOptions::idempotency_window`] (24 hours
+//! by default): within it a second append with the key is `DuplicateIdempotencyKey`;
+//! after it the key is free again, and the indexer removes expired keys from sled in
+//! bounded steps (a time-ordered copy of each key, `x/<recorded-at><key>`).
 //!
 //! # Writing
 //!
@@ -55,20 +64,23 @@
 //!
 //! 1. The **appender** takes every append waiting on a bounded channel (up to 16,384
 //!    events / 16 MiB), checks each in order (idempotency key first, then expected
-//!    version; a failed check rejects only that request) against the published in-memory
-//!    index overlaid with the streams and keys of every batch it has written but not yet
-//!    seen published, including the requests before it in the same batch; assigns
+//!    version; a failed check rejects only that request) against the published index
+//!    overlaid with the streams and keys of every batch it has written but not yet seen
+//!    published, including the requests before it in the same batch; assigns
 //!    consecutive positions and versions; encodes and hashes the records into one buffer
 //!    and writes it with one positional write. It then hands the batch to the syncer and
 //!    goes on with the next one without waiting for the sync (it only waits when 65,536
 //!    written events are not yet taken by the syncer).
 //! 2. The **syncer** takes every batch written so far (a group, oldest first), calls
 //!    `fdatasync` once on each segment the group wrote, and only then publishes the
-//!    group to readers, batch by batch in order (the in-memory index, then the head
+//!    group to readers, batch by batch in order (the tail of the index, then the head
 //!    position), and answers each request. Rejections are answered there too, since a
 //!    rejection may rest on an in-flight batch (a duplicate key must not be reported
 //!    before the original is durable). A group that wrote nothing (only rejections)
-//!    needs no sync: everything before it was synced by earlier groups.
+//!    needs no sync: everything before it was synced by earlier groups. At most every
+//!    [`WATERMARK_INTERVAL`] (100 ms), and when the store closes, it records the
+//!    published head and its hash in `log/synced` (two checksummed slots, written
+//!    alternately, `fdatasync`ed).
 //!
 //! Every record stores in its "batch first position" field the position after the
 //! syncer's durable head as the appender starts the batch (the syncer advances that head
@@ -77,10 +89,12 @@
 //! the first position of the record's own batch, as the field's name says; the format
 //! did not change. Recovery relies on it (see below).
 //!
-//! A new segment is created, filled with zeros (so that a record overwrites allocated,
-//! initialised blocks and a group's `fdatasync` has no extent changes to journal, which
-//! halves its cost on ext4), `fsync`ed and its directory entry `fsync`ed before any record
-//! goes in; a batch that crosses segments is synced on both. If a write fails, the
+//! A segment is filled with zeros before any record goes in (so that a record overwrites
+//! allocated, initialised blocks and a group's `fdatasync` has no extent changes to
+//! journal, which halves its cost on ext4), and `fsync`ed. The *spare* thread prepares
+//! the next one in the background once the current segment is half full (`spare`); a
+//! roll renames it into place and syncs the directory, instead of writing 64 MiB on the
+//! write path. A batch that crosses segments is synced on both. If a write fails, the
 //! appender stops for good (it answers its batch and everything queued with an error);
 //! batches written before still get their sync and answer. If a sync fails, the syncer
 //! answers that group and every later one with an error and publishes nothing more, and
@@ -90,71 +104,68 @@
 //! whole but unsynced records in the page cache, and the first new record claims that
 //! everything before it is durable.
 //!
-//! An indexer thread tails the durable part of the log and writes each complete chunk
-//! to sled. It is off the critical path (readers and the appender use the in-memory
-//! indexes) and sled's `flush` is never relied on (sled issue 1452): whatever sled lost
-//! is re-read from the log on open.
-//!
 //! # Recovery (on open)
 //!
-//! 1. Load sled's indexes. Anything that does not parse or is inconsistent (a missing
-//!    chunk, versions out of sequence, entries beyond `indexed_through`) drops sled,
-//!    which is then rebuilt from the log.
-//! 2. The record at `indexed_through` must be whole and carry `indexed_hash`, else sled
-//!    is from another log (or ahead of it, e.g. the log was restored from an older
-//!    backup) and is dropped and rebuilt from position 1. Records before it are not
-//!    read: damage there is found by reads (CRC) and `verify`.
-//! 3. Every record after `indexed_through` is fully checked (CRC, position, prev_hash,
-//!    recomputed hash, stream version, append bounds) and indexed in memory; the
-//!    indexer then writes it to sled.
+//! 1. Read the synced watermark `W` (before anything is written). Load sled's marker
+//!    `indexed_through` (`w`); anything that does not parse drops sled, which is then
+//!    rebuilt from the log.
+//! 2. The record at `w` (located through sled's last chunk) must be whole and carry
+//!    sled's hash, else sled is from another log (or ahead of it, e.g. the log was
+//!    restored from an older backup) and is dropped and rebuilt from position 1.
+//!    Records before it are not read: damage there is found by reads (CRC) and `verify`.
+//!    Start-up therefore reads only the tail after `w` (under 1,024 records after a
+//!    clean close), whatever the length of the log.
+//! 3. Every record after `w` is fully checked (CRC, position, prev_hash, recomputed
+//!    hash, stream version against the tail or sled, append bounds, the watermark's
+//!    hash at `W`) and added to the tail; when the tail holds 64 chunks they go to sled,
+//!    so rebuilding sled from position 1 holds no more than that in memory.
 //! 4. The walk stops at the first place that is not a whole record, where position `p`
-//!    should be. If only zeros follow, that is the end of the log. Otherwise the bytes
-//!    after it (rest of the segment and any later segment) are searched for whole
-//!    records: if one has a batch first position beyond `p`, it was written after `p`'s
-//!    sync returned, so `p` had been acknowledged: the damage is in the middle of the log
-//!    and open fails with `Corrupt` (never truncating acknowledged data). If not,
-//!    everything after the point was written while `p`'s sync had not returned: it
-//!    belongs to the batches in flight at the crash, none of them acknowledged, so the
-//!    torn tail is zeroed and later segments removed.
+//!    should be. If only zeros follow and `p > W`, that is the end of the log. If
+//!    `p <= W`, `p` was acknowledged: open fails with `Corrupt` naming `p`, cutting
+//!    nothing. Otherwise the bytes after it (rest of the segment and any later segment)
+//!    are searched for whole records: if one has a batch first position beyond `p`, it
+//!    was written after `p`'s sync returned, so `p` had been acknowledged: `Corrupt`
+//!    too. If not, everything after the point was written while `p`'s sync had not
+//!    returned: it belongs to the batches in flight at the crash, none of them
+//!    acknowledged, so the torn tail is zeroed and later segments removed.
+//! 5. The watermark is set to the recovered head (recovery synced it all).
 //!
 //! # Why the invariants hold
 //!
 //! * Acknowledged means durable: a request is answered only after an `fdatasync` has
 //!   returned on every segment its batch wrote, and that sync started after the batch's
 //!   write returned (the appender hands a batch over only after writing it; the syncer
-//!   syncs only batches it has taken). A new segment's directory entry was synced at
-//!   creation.
+//!   syncs only batches it has taken). A new segment's directory entry was synced
+//!   before its first record was written.
 //! * Gap-free positions: one thread assigns them, consecutively, to accepted requests
 //!   only; the syncer publishes whole groups in the order they were written, under the
 //!   index lock, with the head last, so readers never see position n+1 before n nor a
 //!   position whose sync has not returned.
 //! * One winner per expected version: checks run on the single appender thread against
-//!   the published index plus everything written since (earlier requests of the same
-//!   batch and all in-flight batches). An in-flight entry is dropped only once the
-//!   published index holds it, so no check ever sees an older version than was written.
+//!   the published index (tail, then sled) plus everything written since (earlier
+//!   requests of the same batch and all in-flight batches). An in-flight entry is
+//!   dropped only once the published index holds it, so no check ever sees an older
+//!   version than was written.
 //! * Idempotency: same, for the key index; a duplicate gets the original append result,
 //!   answered only once the original is durable.
 //! * Crash safety. Writes are issued in position order by one thread and an
 //!   `fdatasync` covers every write that completed before it started, so once a group's
 //!   sync returns, every batch up to that group's last is durable: acknowledged events
 //!   are always a prefix of the log, and the only unacknowledged records are those of
-//!   the batches in flight (the group being synced and the batches written since,
-//!   possibly in a new segment). After a crash, pages of those batches may have reached
-//!   the disk in any order, so the first hole at position `p` may be followed by whole
-//!   records of a later in-flight batch. `p`'s batch never finished its sync, so every
-//!   such record was written while the durable head was below `p`'s batch and carries a
-//!   batch first position at most `p`: recovery reads that as a torn tail and cuts it,
-//!   never as damage (two in-flight batches cannot create a gap that looks like lost
-//!   acknowledged data). Conversely, if `p` was acknowledged, every batch written after
-//!   its sync returned carries a batch first position beyond `p`; if one is on disk,
-//!   open fails with `Corrupt` instead of cutting.
-//! * What recovery cannot tell apart: damage to acknowledged records (the disk losing
-//!   synced data, not a crash) followed by no record written after their sync returned
-//!   looks like a torn tail and is cut. Before the pipeline that was the last group
-//!   commit; now it can also be the batches written while that group's sync ran, which
-//!   carry the older durable head. A crash alone never causes it.
+//!   the batches in flight. After a crash, pages of those batches may have reached the
+//!   disk in any order, so the first hole at position `p` may be followed by whole
+//!   records of a later in-flight batch; they all carry a batch first position at most
+//!   `p`, so recovery reads that as a torn tail and cuts it. Conversely, if `p` was
+//!   acknowledged, either the watermark covers it (always after a clean close, and
+//!   within 100 ms otherwise) or a batch written after its sync returned carries a
+//!   batch first position beyond `p`; either way open fails with `Corrupt`.
+//! * What recovery cannot tell apart: damage to records acknowledged in the last
+//!   [`WATERMARK_INTERVAL`] before a crash, with no later group commit on disk, looks
+//!   like a torn tail and is cut. A crash alone never causes it (synced data is whole);
+//!   only a disk losing synced data at the same moment could.
 //! * Reads check the CRC and the position of every record they return; a damaged
-//!   record is an error, never data. `verify` additionally recomputes the hash chain.
+//!   record is an error, never data. `verify` additionally recomputes the hash chain;
+//!   [`verify::verify_dir`] does so read-only, without the store.
 
 mod appender;
 mod derived;
