@@ -604,6 +604,26 @@ async fn projections_caught_up(addr: SocketAddr, admin_key: &str, head: u64) -> 
     None
 }
 
+/// Starts `serve` again on the data the run left, times it until `/healthz`
+/// answers 200, reads its RSS then and `IDLE_SETTLE` later, and stops it.
+async fn restart(spec: &ChildServer) -> Result<String, BoxError> {
+    let mut restarted = ServerProcess::start(spec).await?;
+    let ready_kib = restarted.rss_kib();
+    let head = head_position(restarted.addr).await;
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let idle_kib = restarted.rss_kib();
+    let (_, status) = restarted.stop().await?;
+    Ok(format!(
+        "restart on this data: /healthz 200 after {:.2} s (listening after {:.2} s), head {}, RSS {} MiB at ready, {} MiB idle {} s later ({status} at stop)\n",
+        restarted.ready_after.as_secs_f64(),
+        restarted.listening_after.as_secs_f64(),
+        or_dash(head),
+        mib(ready_kib),
+        mib(idle_kib),
+        IDLE_SETTLE.as_secs(),
+    ))
+}
+
 pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
     let (mut server, addr, admin_key) = match &options.target {
         Target::Running { addr, admin_key } => (None, *addr, admin_key.clone()),
@@ -763,25 +783,22 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
         per_million(end.rss_kib).unwrap_or_else(|| "-".to_string()),
     ));
     out.push_str(&lag_line);
-    let (stopped_after, status) = running.stop().await?;
-    out.push_str(&format!("stop: SIGTERM to exit {:.2} s ({status})\n", stopped_after.as_secs_f64()));
-
+    // From here on a failure is a line of the report, not the loss of it.
+    match running.stop().await {
+        Ok((after, status)) => {
+            out.push_str(&format!("stop: SIGTERM to exit {:.2} s ({status})\n", after.as_secs_f64()))
+        }
+        Err(error) => {
+            out.push_str(&format!("stop: failed: {error}\n"));
+            out.push_str("restart on this data: not measured (the first server did not stop)\n");
+            return Ok(out);
+        }
+    }
     if let Target::Child(spec) = &options.target {
-        let mut restarted = ServerProcess::start(spec).await?;
-        let ready_kib = restarted.rss_kib();
-        let head = head_position(restarted.addr).await;
-        tokio::time::sleep(IDLE_SETTLE).await;
-        let idle_kib = restarted.rss_kib();
-        let (_, status) = restarted.stop().await?;
-        out.push_str(&format!(
-            "restart on this data: /healthz 200 after {:.2} s (listening after {:.2} s), head {}, RSS {} MiB at ready, {} MiB idle {} s later ({status} at stop)\n",
-            restarted.ready_after.as_secs_f64(),
-            restarted.listening_after.as_secs_f64(),
-            or_dash(head),
-            mib(ready_kib),
-            mib(idle_kib),
-            IDLE_SETTLE.as_secs(),
-        ));
+        match restart(spec).await {
+            Ok(line) => out.push_str(&line),
+            Err(error) => out.push_str(&format!("restart on this data: failed: {error}\n")),
+        }
     }
     Ok(out)
 }
