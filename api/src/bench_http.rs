@@ -761,8 +761,10 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
 
     let Some(running) = server.as_mut() else {
         out.push_str("RSS: not measured (--url)\n");
+        out.push_str("RSS per million events: not measured (--url)\n");
         out.push_str(&lag_line);
-        out.push_str("restart: not measured (--url)\n");
+        out.push_str("stop: not measured (--url)\n");
+        out.push_str("restart on this data: not measured (--url)\n");
         return Ok(out);
     };
     let peak_kib = samples.iter().filter_map(|s| s.rss_kib).max();
