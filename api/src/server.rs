@@ -58,7 +58,7 @@ pub struct Tuning {
 /// Defaults of [`Tuning`].
 pub const DEFAULT_STORE_CACHE_MIB: u64 = 48;
 pub const DEFAULT_FACTS_CACHE_MIB: u64 = paystream_commands::facts::DEFAULT_FACTS_CACHE_MIB;
-pub const DEFAULT_PROJECTIONS_CACHE_MIB: u64 = 64;
+pub const DEFAULT_PROJECTIONS_CACHE_MIB: u64 = paystream_projections::DEFAULT_CACHE_MIB;
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3_600);
 pub const DEFAULT_PENDING_AFTER: Duration = paystream_commands::services::DEFAULT_PENDING_AFTER;
 
@@ -115,12 +115,28 @@ pub struct Opened {
     pub facts_follower: FactsFollower,
 }
 
-/// Opens the read side's database (`<data>/projections`) over `store`.
+/// Opens the read side's database (`<data>/projections`) over `store`, within the
+/// default memory budget ([`DEFAULT_PROJECTIONS_CACHE_MIB`]): `replay` and `export`.
 pub async fn open_projections(data: &Path, store: Arc<dyn EventStore>) -> Result<Projections, BoxError> {
+    open_projections_within(data, store, DEFAULT_PROJECTIONS_CACHE_MIB).await
+}
+
+/// Opens the read side's database (`<data>/projections`) over `store`, within a
+/// memory budget of `cache_mib` MiB (`--projections-cache-mib`): sled's page cache and
+/// the read models' working sets (docs/ARCHITECTURE.md, "The read side").
+pub async fn open_projections_within(
+    data: &Path,
+    store: Arc<dyn EventStore>,
+    cache_mib: u64,
+) -> Result<Projections, BoxError> {
     let dir = data.join("projections");
+    let config = ProjectorConfig {
+        cache_bytes: cache_mib.saturating_mul(paystream_projections::MIB),
+        ..ProjectorConfig::default()
+    };
     let projections = tokio::task::spawn_blocking(move || {
-        let db = paystream_projections::open_db(&dir)?;
-        Projections::open(db, store, ProjectorConfig::default())
+        let db = paystream_projections::open_db(&dir, &config)?;
+        Projections::open(db, store, config)
     })
     .await??;
     Ok(projections)

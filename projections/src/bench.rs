@@ -22,22 +22,61 @@ const FILL_WRITERS: usize = 64;
 /// Merchants in the benchmark's log.
 pub const BENCH_MERCHANTS: usize = 100;
 
+/// One timed phase: wall time, CPU time, and the process's peak resident memory
+/// during it.
+#[derive(Debug, Clone, Copy)]
+pub struct Phase {
+    pub elapsed: Duration,
+    /// CPU time (user + system, all threads) the process spent in the phase: less
+    /// sensitive than wall time to other work on the machine.
+    pub cpu: Option<Duration>,
+    /// Highest resident set size of the whole process during the phase (it includes
+    /// the log's own memory), in bytes.
+    pub peak_rss_bytes: Option<u64>,
+}
+
 /// What was measured.
 #[derive(Debug, Clone)]
 pub struct RebuildBenchReport {
     pub events: u64,
     pub payments: u64,
     pub fill_elapsed: Duration,
+    /// Resident set size of the process once the log is filled (the log's memory, before
+    /// any projection runs), in bytes.
+    pub filled_rss_bytes: Option<u64>,
+    /// The read side's memory budget (`ProjectorConfig::cache_bytes`).
+    pub cache_bytes: u64,
     /// Rebuild of all projections together (one read and decode, four models).
-    pub rebuild_all_elapsed: Duration,
-    /// CPU time (user + system, all threads) the process spent in that rebuild: less
-    /// sensitive than wall time to other work on the machine.
-    pub rebuild_all_cpu: Option<Duration>,
-    /// Each projection rebuilt alone, when asked for (wall time, CPU time).
-    pub per_projection: Vec<(ProjectionName, Duration, Option<Duration>)>,
+    pub rebuild_all: Phase,
+    /// Each projection rebuilt alone, when asked for.
+    pub per_projection: Vec<(ProjectionName, Phase)>,
     /// When asked for: all four caught up from position 0 by the live follower into a
-    /// fresh database, as after a layout change (wall time, CPU time).
-    pub follow_all: Option<(Duration, Option<Duration>)>,
+    /// fresh database, as after a layout change.
+    pub follow_all: Option<Phase>,
+}
+
+/// A field of `/proc/self/status` (Linux), in bytes.
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resident set size of this process now, in bytes (Linux), or `None`.
+pub fn rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmRSS:")
+}
+
+/// Starts timing a phase: resets the kernel's peak-RSS mark (Linux: writing 5 to
+/// `/proc/self/clear_refs`), so the phase's peak does not include the ones before.
+fn phase_start() -> (Instant, Option<Duration>) {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    (Instant::now(), process_cpu_time())
+}
+
+fn phase_end((started, cpu): (Instant, Option<Duration>)) -> Phase {
+    Phase { elapsed: started.elapsed(), cpu: cpu_since(cpu), peak_rss_bytes: proc_status_bytes("VmHWM:") }
 }
 
 /// CPU time this process has used so far (Linux: `/proc/self/stat`, in clock ticks of
@@ -56,6 +95,10 @@ fn cpu_cell(cpu: Option<Duration>) -> String {
     cpu.map_or_else(|| "n/a".to_string(), |d| format!("{:.2}", d.as_secs_f64()))
 }
 
+fn mib_cell(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "n/a".to_string(), |b| format!("{:.0}", b as f64 / (1024.0 * 1024.0)))
+}
+
 fn cpu_since(before: Option<Duration>) -> Option<Duration> {
     Some(process_cpu_time()?.saturating_sub(before?))
 }
@@ -66,49 +109,42 @@ fn per_sec(n: u64, d: Duration) -> f64 {
 
 impl RebuildBenchReport {
     pub fn rebuild_all_events_per_sec(&self) -> f64 {
-        per_sec(self.events, self.rebuild_all_elapsed)
+        per_sec(self.events, self.rebuild_all.elapsed)
+    }
+
+    fn phase_row(&self, f: &mut fmt::Formatter<'_>, workload: &str, phase: &Phase) -> fmt::Result {
+        write!(
+            f,
+            "\n| {workload} | {} | {:.2} | {:.0} | {} | {} |",
+            self.events,
+            phase.elapsed.as_secs_f64(),
+            per_sec(self.events, phase.elapsed),
+            cpu_cell(phase.cpu),
+            mib_cell(phase.peak_rss_bytes)
+        )
     }
 }
 
 impl fmt::Display for RebuildBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "| workload | events | seconds | events/s | CPU seconds |")?;
-        writeln!(f, "|---|---:|---:|---:|---:|")?;
-        writeln!(
+        writeln!(f, "read side's memory budget: {} MiB", self.cache_bytes / crate::runtime::MIB)?;
+        writeln!(f, "| workload | events | seconds | events/s | CPU seconds | peak RSS MiB |")?;
+        write!(f, "|---|---:|---:|---:|---:|---:|")?;
+        write!(
             f,
-            "| fill: {} payments through `append` ({FILL_WRITERS} concurrent writers) | {} | {:.2} | {:.0} | |",
+            "\n| fill: {} payments through `append` ({FILL_WRITERS} concurrent writers) | {} | {:.2} | {:.0} | | {} at the end |",
             self.payments,
             self.events,
             self.fill_elapsed.as_secs_f64(),
-            per_sec(self.events, self.fill_elapsed)
+            per_sec(self.events, self.fill_elapsed),
+            mib_cell(self.filled_rss_bytes)
         )?;
-        write!(
-            f,
-            "| full rebuild, all 4 projections together | {} | {:.2} | {:.0} | {} |",
-            self.events,
-            self.rebuild_all_elapsed.as_secs_f64(),
-            self.rebuild_all_events_per_sec(),
-            cpu_cell(self.rebuild_all_cpu)
-        )?;
-        if let Some((elapsed, cpu)) = self.follow_all {
-            write!(
-                f,
-                "\n| catch-up from position 0 by the live follower, all 4 | {} | {:.2} | {:.0} | {} |",
-                self.events,
-                elapsed.as_secs_f64(),
-                per_sec(self.events, elapsed),
-                cpu_cell(cpu)
-            )?;
+        self.phase_row(f, "full rebuild, all 4 projections together", &self.rebuild_all)?;
+        if let Some(phase) = &self.follow_all {
+            self.phase_row(f, "catch-up from position 0 by the live follower, all 4", phase)?;
         }
-        for (name, elapsed, cpu) in &self.per_projection {
-            write!(
-                f,
-                "\n| full rebuild, `{name}` alone | {} | {:.2} | {:.0} | {} |",
-                self.events,
-                elapsed.as_secs_f64(),
-                per_sec(self.events, *elapsed),
-                cpu_cell(*cpu)
-            )?;
+        for (name, phase) in &self.per_projection {
+            self.phase_row(f, &format!("full rebuild, `{name}` alone"), phase)?;
         }
         Ok(())
     }
@@ -169,47 +205,50 @@ pub async fn fill(store: Arc<EmbeddedStore>, events: u64, options: SimOptions) -
 
 /// Fills a log in `dir` with about `events` realistic payment events and times a full
 /// rebuild of all projections (and, with `per_projection`, of each alone), applying
-/// `rebuild_batch_events` events per atomic write.
+/// at most `rebuild_batch_events` events per atomic write, within a read side's budget
+/// of `cache_bytes`.
 pub async fn run_rebuild_bench(
     dir: &Path,
     events: u64,
     per_projection: bool,
     rebuild_batch_events: usize,
     catch_up: bool,
+    cache_bytes: u64,
 ) -> Result<RebuildBenchReport, ProjectionError> {
     let store = Arc::new(tokio::task::block_in_place(|| EmbeddedStore::open(&dir.join("log")))?);
     let started = Instant::now();
     let (events, payments) =
         fill(Arc::clone(&store), events, SimOptions { merchants: BENCH_MERCHANTS, ..SimOptions::default() }).await?;
     let fill_elapsed = started.elapsed();
-    let db = tokio::task::block_in_place(|| open_db(&dir.join("projections")))?;
-    let config = ProjectorConfig { rebuild_batch_events, ..ProjectorConfig::default() };
+    let filled_rss_bytes = rss_bytes();
+    let config = ProjectorConfig { rebuild_batch_events, cache_bytes, ..ProjectorConfig::default() };
+    let db = tokio::task::block_in_place(|| open_db(&dir.join("projections"), &config))?;
     let projections = Projections::open(db, store.clone(), config)?;
-    let (started, cpu) = (Instant::now(), process_cpu_time());
+    let phase = phase_start();
     let report = projections.replay(&ProjectionName::ALL).await?;
-    let rebuild_all_elapsed = started.elapsed();
-    let rebuild_all_cpu = cpu_since(cpu);
+    let rebuild_all = phase_end(phase);
     debug_assert_eq!(report.events, events);
     let mut per = Vec::new();
     if per_projection {
         for name in ProjectionName::ALL {
-            let (started, cpu) = (Instant::now(), process_cpu_time());
+            let phase = phase_start();
             projections.rebuild(&[name]).await?;
-            per.push((name, started.elapsed(), cpu_since(cpu)));
+            per.push((name, phase_end(phase)));
         }
     }
     let mut follow_all = None;
     if catch_up {
-        let db = tokio::task::block_in_place(|| open_db(&dir.join("projections-follow")))?;
-        let follower = Projections::open(db, store.clone(), ProjectorConfig::default())?;
-        let (started, cpu) = (Instant::now(), process_cpu_time());
+        let config = ProjectorConfig { cache_bytes, ..ProjectorConfig::default() };
+        let db = tokio::task::block_in_place(|| open_db(&dir.join("projections-follow"), &config))?;
+        let follower = Projections::open(db, store.clone(), config)?;
+        let phase = phase_start();
         let running = follower.start();
         for name in ProjectionName::ALL {
             follower.wait_for(name, events, Duration::from_secs(3_600)).await.map_err(|lagging| {
                 ProjectionError::Invariant { projection: "bench", position: 0, detail: lagging.to_string() }
             })?;
         }
-        follow_all = Some((started.elapsed(), cpu_since(cpu)));
+        follow_all = Some(phase_end(phase));
         running.stop().await;
     }
     store.close().await?;
@@ -217,8 +256,9 @@ pub async fn run_rebuild_bench(
         events,
         payments,
         fill_elapsed,
-        rebuild_all_elapsed,
-        rebuild_all_cpu,
+        filled_rss_bytes,
+        cache_bytes,
+        rebuild_all,
         per_projection: per,
         follow_all,
     })

@@ -18,13 +18,13 @@
 //! Value: format byte, member count (varint), then per member its key (16 bytes), the
 //! length of its payload (varint) and the payload; members in ascending key order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 
 use crate::codec::{Reader, Writer};
 use crate::error::ProjectionError;
 use crate::keys;
-use crate::model::ProjectionName;
+use crate::model::{heap_block, ProjectionName};
 
 /// First byte of a stored bucket.
 const BUCKET_FORMAT: u8 = 1;
@@ -37,6 +37,12 @@ pub(crate) trait Member: Sized {
     fn member_key(&self) -> MemberKey;
     fn encode_payload(&self, out: &mut Writer);
     fn decode_payload(key: &MemberKey, payload: &[u8]) -> Option<Self>;
+
+    /// Estimated bytes the member owns on the heap (beyond `size_of::<Self>()`), for
+    /// `WorkingSet::bytes`.
+    fn heap_bytes(&self) -> usize {
+        0
+    }
 }
 
 fn encode_bucket<M: Member>(members: &[M]) -> Vec<u8> {
@@ -136,6 +142,67 @@ struct Held<M> {
     members: Vec<M>,
     /// Changed since the last flush.
     dirty: bool,
+    /// Sum of the members' `heap_bytes`.
+    heap: usize,
+    /// Estimated bytes of the whole bucket (see [`Held::estimate`]).
+    bytes: usize,
+}
+
+impl<M: Member> Held<M> {
+    fn new(key_len: usize, members: Vec<M>, dirty: bool) -> Held<M> {
+        let heap = members.iter().map(Member::heap_bytes).sum();
+        let mut held = Held { members, dirty, heap, bytes: 0 };
+        held.bytes = held.estimate(key_len);
+        held
+    }
+
+    /// Estimated bytes: its slot in the B-tree (counted 1.5 times: nodes are between
+    /// half and wholly full), the key's buffer, the members' buffer and their heap.
+    fn estimate(&self, key_len: usize) -> usize {
+        std::mem::size_of::<(Vec<u8>, Held<M>)>() * 3 / 2
+            + heap_block(key_len)
+            + heap_block(self.members.capacity() * std::mem::size_of::<M>())
+            + self.heap
+    }
+
+    /// Brings `bytes`, and `total` (the set's sum), up to date after a change.
+    fn refresh(&mut self, key_len: usize, total: &mut usize) {
+        let after = self.estimate(key_len);
+        *total = (*total - self.bytes) + after;
+        self.bytes = after;
+    }
+}
+
+/// A member of a [`BucketSet`] being changed: dereferences to it, and brings the set's
+/// estimate of its bytes up to date when dropped.
+pub(crate) struct MemberMut<'a, M: Member> {
+    held: &'a mut Held<M>,
+    index: usize,
+    /// The member's `heap_bytes` before the change.
+    before: usize,
+    key_len: usize,
+    total: &'a mut usize,
+}
+
+impl<M: Member> std::ops::Deref for MemberMut<'_, M> {
+    type Target = M;
+    fn deref(&self) -> &M {
+        &self.held.members[self.index]
+    }
+}
+
+impl<M: Member> std::ops::DerefMut for MemberMut<'_, M> {
+    fn deref_mut(&mut self) -> &mut M {
+        &mut self.held.members[self.index]
+    }
+}
+
+impl<M: Member> Drop for MemberMut<'_, M> {
+    fn drop(&mut self) {
+        let after = self.held.members[self.index].heap_bytes();
+        self.held.heap = (self.held.heap - self.before) + after;
+        self.held.refresh(self.key_len, self.total);
+    }
 }
 
 /// Buckets read through from the tree and written back on [`BucketSet::flush`]: the
@@ -145,13 +212,48 @@ pub(crate) struct BucketSet<M: Member> {
     cap: usize,
     /// By full tree key.
     held: BTreeMap<Vec<u8>, Held<M>>,
-    /// Every bucket of the tree is held (see `WorkingSet::assume_empty_tree`).
+    /// The set knows every bucket of the tree (see `WorkingSet::assume_empty_tree`):
+    /// it holds it, or its key is in `forgotten`.
     complete: bool,
+    /// While `complete`: the keys of the buckets stored in the tree that `evict` forgot,
+    /// so finding a member's bucket needs no lookup in the tree (a rebuild's sets stay
+    /// as fast after an eviction as before).
+    forgotten: BTreeSet<Vec<u8>>,
+    /// Estimated bytes of every bucket held (sum of their `bytes`).
+    bytes: usize,
+    /// Estimated bytes of `forgotten`.
+    forgotten_bytes: usize,
+}
+
+/// Estimated bytes of one key of `BucketSet::forgotten`: its slot in the B-tree and its
+/// buffer.
+fn forgotten_key_bytes(key_len: usize) -> usize {
+    std::mem::size_of::<Vec<u8>>() * 3 / 2 + heap_block(key_len)
 }
 
 impl<M: Member> BucketSet<M> {
     pub(crate) fn new(projection: ProjectionName, cap: usize) -> Self {
-        BucketSet { projection, cap: cap.max(2), held: BTreeMap::new(), complete: false }
+        BucketSet {
+            projection,
+            cap: cap.max(2),
+            held: BTreeMap::new(),
+            complete: false,
+            forgotten: BTreeSet::new(),
+            bytes: 0,
+            forgotten_bytes: 0,
+        }
+    }
+
+    /// Holds the bucket stored under `key` (forgotten by `evict`) again.
+    fn recall(&mut self, tree: &sled::Tree, key: Vec<u8>) -> Result<Vec<u8>, ProjectionError> {
+        let value = tree.get(&key)?.ok_or_else(|| corrupt(self.projection, &key, "forgotten bucket not stored"))?;
+        let members = decode_bucket(self.projection, &key, &value)?;
+        self.forgotten.remove(&key);
+        self.forgotten_bytes -= forgotten_key_bytes(key.len());
+        let held = Held::new(key.len(), members, false);
+        self.bytes += held.bytes;
+        self.held.insert(key.clone(), held);
+        Ok(key)
     }
 
     /// The key of the bucket `member` belongs in (now held), if any bucket under
@@ -164,17 +266,27 @@ impl<M: Member> BucketSet<M> {
     ) -> Result<Option<Vec<u8>>, ProjectionError> {
         let probe = keys::key(&[prefix, member]);
         let held = self.held.range(probe.clone()..).next().map(|(k, _)| k).filter(|k| is_bucket_key(prefix, k));
-        let stored = match self.complete {
-            true => None,
-            false => tree.range(probe..).next().transpose()?.filter(|(k, _)| is_bucket_key(prefix, k)),
-        };
+        if self.complete {
+            let forgotten = self.forgotten.range(probe..).next().filter(|k| is_bucket_key(prefix, k));
+            return match (held, forgotten) {
+                (Some(held), Some(forgotten)) if held <= forgotten => Ok(Some(held.clone())),
+                (_, Some(forgotten)) => {
+                    let key = forgotten.clone();
+                    self.recall(tree, key).map(Some)
+                }
+                (held, None) => Ok(held.cloned()),
+            };
+        }
+        let stored = tree.range(probe..).next().transpose()?.filter(|(k, _)| is_bucket_key(prefix, k));
         match (held, stored) {
             (Some(held), Some((stored, _))) if held.as_slice() <= stored.as_ref() => Ok(Some(held.clone())),
             (_, Some((stored, value))) => {
                 let key = stored.to_vec();
                 if !self.held.contains_key(&key) {
                     let members = decode_bucket(self.projection, &key, &value)?;
-                    self.held.insert(key.clone(), Held { members, dirty: false });
+                    let held = Held::new(key.len(), members, false);
+                    self.bytes += held.bytes;
+                    self.held.insert(key.clone(), held);
                 }
                 Ok(Some(key))
             }
@@ -194,23 +306,40 @@ impl<M: Member> BucketSet<M> {
     pub(crate) fn insert(&mut self, tree: &sled::Tree, prefix: &[u8], member: M) -> Result<(), ProjectionError> {
         let key = member.member_key();
         let Some(bucket_key) = self.locate(tree, prefix, &key)? else {
-            self.held.insert(keys::key(&[prefix, &key]), Held { members: vec![member], dirty: true });
+            let bucket_key = keys::key(&[prefix, &key]);
+            let held = Held::new(bucket_key.len(), vec![member], true);
+            self.bytes += held.bytes;
+            self.held.insert(bucket_key, held);
             return Ok(());
         };
         let vanished = self.vanished();
         let held = self.held.get_mut(&bucket_key).ok_or(vanished)?;
         held.dirty = true;
+        let added = member.heap_bytes();
         match held.members.binary_search_by(|m| m.member_key().cmp(&key)) {
-            Ok(i) => held.members[i] = member,
-            Err(i) => held.members.insert(i, member),
+            Ok(i) => {
+                let replaced = std::mem::replace(&mut held.members[i], member);
+                held.heap = (held.heap - replaced.heap_bytes()) + added;
+            }
+            Err(i) => {
+                held.members.insert(i, member);
+                held.heap += added;
+            }
         }
+        let mut lower_bucket = None;
         if held.members.len() > self.cap {
             let upper = held.members.split_off(held.members.len() / 2);
             let lower = std::mem::replace(&mut held.members, upper);
+            held.heap -= lower.iter().map(Member::heap_bytes).sum::<usize>();
             if let Some(last) = lower.last() {
                 let lower_key = keys::key(&[prefix, &last.member_key()]);
-                self.held.insert(lower_key, Held { members: lower, dirty: true });
+                lower_bucket = Some((lower_key, Held::new(bucket_key.len(), lower, true)));
             }
+        }
+        held.refresh(bucket_key.len(), &mut self.bytes);
+        if let Some((lower_key, lower)) = lower_bucket {
+            self.bytes += lower.bytes;
+            self.held.insert(lower_key, lower);
         }
         Ok(())
     }
@@ -234,14 +363,16 @@ impl<M: Member> BucketSet<M> {
         tree: &sled::Tree,
         prefix: &[u8],
         member: &MemberKey,
-    ) -> Result<Option<&mut M>, ProjectionError> {
+    ) -> Result<Option<MemberMut<'_, M>>, ProjectionError> {
         let Some(bucket_key) = self.locate(tree, prefix, member)? else { return Ok(None) };
         let vanished = self.vanished();
-        let held = self.held.get_mut(&bucket_key).ok_or(vanished)?;
+        let BucketSet { held, bytes, .. } = self;
+        let held = held.get_mut(&bucket_key).ok_or(vanished)?;
         match held.members.binary_search_by(|m| m.member_key().cmp(member)) {
-            Ok(i) => {
+            Ok(index) => {
                 held.dirty = true;
-                Ok(held.members.get_mut(i))
+                let before = held.members[index].heap_bytes();
+                Ok(Some(MemberMut { held, index, before, key_len: bucket_key.len(), total: bytes }))
             }
             Err(_) => Ok(None),
         }
@@ -255,20 +386,53 @@ impl<M: Member> BucketSet<M> {
         }
     }
 
-    /// Buckets held (each is one stored record of up to `cap` members).
-    pub(crate) fn len(&self) -> usize {
-        self.held.len()
+    /// See `WorkingSet::bytes`.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes + self.forgotten_bytes
     }
 
-    /// Forgets the buckets not changed since the last flush.
+    /// Forgets the buckets not changed since the last flush (keeping their keys while
+    /// the set knows the whole tree).
     pub(crate) fn evict(&mut self) {
+        let BucketSet { held, complete, forgotten, bytes, forgotten_bytes, .. } = self;
+        let mut kept = 0;
+        held.retain(|key, held| {
+            if held.dirty {
+                kept += held.bytes;
+            } else if *complete {
+                *forgotten_bytes += forgotten_key_bytes(key.len());
+                forgotten.insert(key.clone());
+            }
+            held.dirty
+        });
+        *bytes = kept;
+    }
+
+    /// See `WorkingSet::forget_tree`.
+    pub(crate) fn forget_tree(&mut self) {
         self.complete = false;
-        self.held.retain(|_, held| held.dirty);
+        self.forgotten = BTreeSet::new();
+        self.forgotten_bytes = 0;
     }
 
     /// See `WorkingSet::assume_empty_tree`.
     pub(crate) fn assume_empty_tree(&mut self) {
         self.complete = true;
+    }
+
+    /// The estimate computed afresh from every bucket held (what `bytes` must equal).
+    #[cfg(test)]
+    fn recount(&self) -> usize {
+        let held: usize = self
+            .held
+            .iter()
+            .map(|(key, held)| {
+                assert_eq!(held.heap, held.members.iter().map(Member::heap_bytes).sum::<usize>());
+                assert_eq!(held.bytes, held.estimate(key.len()));
+                held.bytes
+            })
+            .sum();
+        held + self.forgotten.iter().map(|key| forgotten_key_bytes(key.len())).sum::<usize>()
     }
 }
 
@@ -293,6 +457,10 @@ mod tests {
             let n = r.u64()?;
             r.is_empty().then_some(Counter(*key, n))
         }
+        /// As if it owned a buffer that grows with its count (so changes move the estimate).
+        fn heap_bytes(&self) -> usize {
+            heap_block(usize::try_from(self.1 % 5).unwrap() * 8)
+        }
     }
 
     const P: ProjectionName = ProjectionName::PaymentSearch;
@@ -316,8 +484,10 @@ mod tests {
         /// One set throughout, starting on an empty tree (a rebuild).
         Rebuild,
         /// One set starting on an empty tree that forgets its clean buckets after
-        /// each flush (a rebuild past `MAX_WORKING_SET_RECORDS`).
+        /// each flush, keeping their keys (a rebuild past its memory budget).
         Evicting,
+        /// The same, forgetting the keys too (a rebuild whose keys alone are past it).
+        Forgetting,
     }
 
     /// Applies `ops` (insert key, or bump key's counter when present) to a set,
@@ -330,18 +500,35 @@ mod tests {
         for (i, (n, bump)) in ops.iter().enumerate() {
             let key = member_key(*n);
             let prefix: &[u8] = if n % 3 == 0 { b"a" } else { b"b" };
-            match set.get_mut(tree, prefix, &key).unwrap() {
-                Some(c) if *bump => c.1 += 1,
-                Some(_) => {}
-                None => set.insert(tree, prefix, Counter(key, 0)).unwrap(),
+            let found = match set.get_mut(tree, prefix, &key).unwrap() {
+                Some(mut c) => {
+                    if *bump {
+                        c.1 += 1;
+                    }
+                    true
+                }
+                None => false,
+            };
+            if !found {
+                set.insert(tree, prefix, Counter(key, 0)).unwrap();
             }
+            assert_eq!(set.bytes(), set.recount(), "the running estimate drifted");
             if (i + 1) % flush_every == 0 {
                 let mut batch = sled::Batch::default();
                 set.flush(&mut batch);
                 tree.apply_batch(batch).unwrap();
                 match mode {
                     Mode::Fresh => set = BucketSet::new(P, cap),
-                    Mode::Evicting => set.evict(),
+                    Mode::Evicting => {
+                        set.evict();
+                        assert_eq!(set.bytes, 0, "a flushed set holds only clean buckets");
+                        assert_eq!(set.bytes(), set.recount());
+                    }
+                    Mode::Forgetting => {
+                        set.evict();
+                        set.forget_tree();
+                        assert_eq!(set.bytes(), 0, "a flushed set holds only clean buckets");
+                    }
                     Mode::Rebuild => {}
                 }
             }
@@ -391,6 +578,9 @@ mod tests {
             let evicting = tree();
             run(&evicting, &ops, flush_every, Mode::Evicting, cap);
             prop_assert_eq!(dump(&live), dump(&evicting));
+            let forgetting = tree();
+            run(&forgetting, &ops, flush_every, Mode::Forgetting, cap);
+            prop_assert_eq!(dump(&live), dump(&forgetting));
             for (prefix, rest) in [(b"a", 0u16), (b"b", 1)] {
                 let want: Vec<Counter> = model.iter().filter(|(n, _)| (*n % 3 == 0) == (rest == 0))
                     .map(|(n, c)| Counter(member_key(*n), *c)).collect();

@@ -335,12 +335,16 @@ impl Refs {
         self.buckets.flush(batch);
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.buckets.len()
+    pub(crate) fn bytes(&self) -> usize {
+        self.buckets.bytes()
     }
 
     pub(crate) fn evict(&mut self) {
         self.buckets.evict();
+    }
+
+    pub(crate) fn forget_tree(&mut self) {
+        self.buckets.forget_tree();
     }
 
     pub(crate) fn assume_empty_tree(&mut self) {

@@ -131,7 +131,7 @@ impl WorkingSet for DashboardSet {
                 },
             };
             let Some((at, delta)) = event_delta(event) else { continue };
-            let row = rows.get_mut(tree, &day_key(&payment.merchant, at.utc_date(), payment.currency))?;
+            let mut row = rows.get_mut(tree, &day_key(&payment.merchant, at.utc_date(), payment.currency))?;
             let row = row.get_or_insert_with(DayRow::default);
             row.counters = row.counters.checked_add(&delta).ok_or_else(|| overflow(decoded.position))?;
             if let Some(method) = method {
@@ -147,13 +147,18 @@ impl WorkingSet for DashboardSet {
         self.rows.flush(batch);
     }
 
-    fn len(&self) -> usize {
-        self.refs.len() + self.rows.len()
+    fn bytes(&self) -> usize {
+        self.refs.bytes() + self.rows.bytes()
     }
 
     fn evict(&mut self) {
         self.refs.evict();
         self.rows.evict();
+    }
+
+    fn forget_tree(&mut self) {
+        self.refs.forget_tree();
+        self.rows.forget_tree();
     }
 
     fn assume_empty_tree(&mut self) {

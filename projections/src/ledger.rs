@@ -57,7 +57,7 @@ use crate::csv::CsvWriter;
 use crate::decode::{Decoded, DomainRecord};
 use crate::error::ProjectionError;
 use crate::keys;
-use crate::model::{ProjectionName, ReadModel, Record, Stage, WorkingSet};
+use crate::model::{heap_block, string_heap, ProjectionName, ReadModel, Record, Stage, WorkingSet};
 
 const NAME: ProjectionName = ProjectionName::Ledger;
 
@@ -189,6 +189,17 @@ impl Record for JournalChunk {
             entries.push(JournalEntry { position, payment_id, event_type, at, currency, lines });
         }
         r.is_empty().then_some(JournalChunk(entries))
+    }
+
+    fn heap_bytes(&self) -> usize {
+        heap_block(self.0.capacity() * std::mem::size_of::<JournalEntry>())
+            + self
+                .0
+                .iter()
+                .map(|e| {
+                    string_heap(&e.event_type) + heap_block(e.lines.capacity() * std::mem::size_of::<JournalLine>())
+                })
+                .sum::<usize>()
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -373,7 +384,7 @@ impl WorkingSet for LedgerSet {
                 return Err(invariant(format!("unbalanced journal entry {entry:?}")));
             }
             for line in &entry.lines {
-                let totals = balances.get_mut(tree, &balance_key(entry.currency, line.account))?;
+                let mut totals = balances.get_mut(tree, &balance_key(entry.currency, line.account))?;
                 let totals = totals.get_or_insert_with(Totals::default);
                 let sum = |a: i64, b: i64| a.checked_add(b).ok_or_else(|| invariant("balance overflow".into()));
                 totals.debit = sum(totals.debit, line.debit_minor)?;
@@ -389,13 +400,18 @@ impl WorkingSet for LedgerSet {
         self.chunks.flush(batch);
     }
 
-    fn len(&self) -> usize {
-        self.balances.len() + self.chunks.len()
+    fn bytes(&self) -> usize {
+        self.balances.bytes() + self.chunks.bytes()
     }
 
     fn evict(&mut self) {
         self.balances.evict();
         self.chunks.evict();
+    }
+
+    fn forget_tree(&mut self) {
+        self.balances.forget_tree();
+        self.chunks.forget_tree();
     }
 
     fn assume_empty_tree(&mut self) {

@@ -44,5 +44,5 @@ pub use error::{Lagging, ProjectionError};
 pub use model::{ProjectionName, ReadModel, UnknownProjection, WorkingSet};
 pub use runtime::{
     all_models, open_db, ProjectionState, ProjectionStatus, Projections, ProjectorConfig, RebuildProgress,
-    RebuildReport, Running, DEFAULT_BATCH_EVENTS, DEFAULT_WAIT_TIMEOUT,
+    RebuildReport, Running, DEFAULT_BATCH_EVENTS, DEFAULT_CACHE_MIB, DEFAULT_WAIT_TIMEOUT, MIB,
 };

@@ -106,6 +106,12 @@ pub trait ReadModel: Send + Sync + 'static {
 /// set, never the other way round, and a crash loses only unflushed work, which the
 /// projection re-derives from its checkpoint. Nobody else may write the tree while a
 /// set is alive.
+///
+/// A set reports an estimate of the memory it holds ([`WorkingSet::bytes`]); the
+/// runtime keeps it within the projection's share of the read side's budget by
+/// flushing and then forgetting clean records ([`WorkingSet::evict`]). Whatever it
+/// holds or forgets, the records it stores are the same: they depend on the events
+/// only, never on what happened to be in memory.
 pub trait WorkingSet: Send {
     /// Applies `events` (in log order, each after every event applied before).
     fn apply(&mut self, tree: &sled::Tree, events: &[Decoded]) -> Result<(), ProjectionError>;
@@ -114,32 +120,63 @@ pub trait WorkingSet: Send {
     /// unchanged afterwards.
     fn flush(&mut self, batch: &mut sled::Batch);
 
-    /// Records held in memory.
-    fn len(&self) -> usize;
-
-    /// Whether no record is held.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+    /// Estimated bytes of memory the records held take (values, keys and the
+    /// collections' own overhead), kept up to date as records are read, changed and
+    /// forgotten.
+    fn bytes(&self) -> usize;
 
     /// Forgets the records not changed since the last flush (they are in the tree).
+    /// A set that knows the whole tree ([`assume_empty_tree`](WorkingSet::assume_empty_tree))
+    /// may keep the keys of what it forgot, so that it still knows which records exist
+    /// without looking in the tree; [`bytes`](WorkingSet::bytes) counts them.
     fn evict(&mut self);
 
-    /// Declares that the tree holds nothing yet (a rebuild's new tree): until the next
-    /// [`evict`](WorkingSet::evict), a record the set does not hold is absent, and is
-    /// not looked up in the tree.
+    /// Forgets which records the tree holds, too: from now on every record the set does
+    /// not hold is looked up in the tree. For a set whose kept keys alone are past its
+    /// budget.
+    fn forget_tree(&mut self);
+
+    /// Declares that the tree holds nothing yet (a rebuild's new tree): a record the set
+    /// does not hold (or did not forget, see [`evict`](WorkingSet::evict)) is absent,
+    /// and is not looked up in the tree, until [`forget_tree`](WorkingSet::forget_tree).
     fn assume_empty_tree(&mut self);
+}
+
+/// Bytes the allocator adds to each heap block it hands out (its header and rounding),
+/// in the estimates of [`WorkingSet::bytes`].
+pub(crate) const ALLOCATION_OVERHEAD_BYTES: usize = 16;
+
+/// Estimated bytes of a heap block of `len` bytes (none when `len` is 0).
+pub(crate) const fn heap_block(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        len + ALLOCATION_OVERHEAD_BYTES
+    }
+}
+
+/// Estimated heap bytes of a string (its buffer).
+pub(crate) fn string_heap(s: &str) -> usize {
+    heap_block(s.len())
 }
 
 /// A value stored in a projection tree.
 pub(crate) trait Record: Sized {
     fn decode(bytes: &[u8]) -> Option<Self>;
     fn encode(&self) -> Vec<u8>;
+
+    /// Estimated bytes the value owns on the heap (beyond `size_of::<Self>()`), for
+    /// [`WorkingSet::bytes`]. Fixed-size records own none.
+    fn heap_bytes(&self) -> usize {
+        0
+    }
 }
 
 struct Entry<V> {
     value: Option<V>,
     dirty: bool,
+    /// Estimated bytes of this entry (see [`Stage::entry_bytes`]).
+    bytes: usize,
 }
 
 /// Records of one key space, read through from the tree once and written back on
@@ -152,11 +189,52 @@ pub(crate) struct Stage<V: Record> {
     dirty: Vec<Vec<u8>>,
     /// Every record of the tree is held (see [`WorkingSet::assume_empty_tree`]).
     complete: bool,
+    /// Estimated bytes of every entry held (sum of their `bytes`).
+    bytes: usize,
+}
+
+/// A record of a [`Stage`] being changed: dereferences to it (`None` if absent), and
+/// brings the stage's estimate of its bytes up to date when dropped.
+pub(crate) struct StagedMut<'a, V: Record> {
+    entry: &'a mut Entry<V>,
+    total: &'a mut usize,
+    key_len: usize,
+}
+
+impl<V: Record> std::ops::Deref for StagedMut<'_, V> {
+    type Target = Option<V>;
+    fn deref(&self) -> &Option<V> {
+        &self.entry.value
+    }
+}
+
+impl<V: Record> std::ops::DerefMut for StagedMut<'_, V> {
+    fn deref_mut(&mut self) -> &mut Option<V> {
+        &mut self.entry.value
+    }
+}
+
+impl<V: Record> Drop for StagedMut<'_, V> {
+    fn drop(&mut self) {
+        let after = Stage::entry_bytes(self.key_len, &self.entry.value);
+        *self.total = (*self.total - self.entry.bytes) + after;
+        self.entry.bytes = after;
+    }
 }
 
 impl<V: Record> Stage<V> {
     pub(crate) fn new(projection: ProjectionName) -> Self {
-        Stage { projection, entries: HashMap::new(), dirty: Vec::new(), complete: false }
+        Stage { projection, entries: HashMap::new(), dirty: Vec::new(), complete: false, bytes: 0 }
+    }
+
+    /// Estimated bytes of one entry: its slot in the hash table (counted twice: the
+    /// table is between half and seven eighths full), the key's buffer, the value's heap
+    /// and the key's copy in the list of changed keys (counted always, for simplicity).
+    fn entry_bytes(key_len: usize, value: &Option<V>) -> usize {
+        2 * (std::mem::size_of::<(Vec<u8>, Entry<V>)>() + 1)
+            + 2 * heap_block(key_len)
+            + std::mem::size_of::<Vec<u8>>()
+            + value.as_ref().map_or(0, Record::heap_bytes)
     }
 
     /// Reads the record of `key` from the tree unless it is held.
@@ -171,7 +249,9 @@ impl<V: Record> Stage<V> {
                     detail: "value does not parse".into(),
                 })?),
             };
-            self.entries.insert(key.to_vec(), Entry { value, dirty: false });
+            let bytes = Self::entry_bytes(key.len(), &value);
+            self.bytes += bytes;
+            self.entries.insert(key.to_vec(), Entry { value, dirty: false, bytes });
         }
         Ok(())
     }
@@ -191,20 +271,27 @@ impl<V: Record> Stage<V> {
     }
 
     /// The record for writing (marked changed); `None` inside if absent.
-    pub(crate) fn get_mut(&mut self, tree: &sled::Tree, key: &[u8]) -> Result<&mut Option<V>, ProjectionError> {
+    pub(crate) fn get_mut(&mut self, tree: &sled::Tree, key: &[u8]) -> Result<StagedMut<'_, V>, ProjectionError> {
         self.load(tree, key)?;
         let projection = self.projection;
-        let entry = self.entries.get_mut(key).ok_or_else(|| Self::vanished(projection))?;
+        let Stage { entries, dirty, bytes, .. } = self;
+        let entry = entries.get_mut(key).ok_or_else(|| Self::vanished(projection))?;
         if !entry.dirty {
             entry.dirty = true;
-            self.dirty.push(key.to_vec());
+            dirty.push(key.to_vec());
         }
-        Ok(&mut entry.value)
+        Ok(StagedMut { entry, total: bytes, key_len: key.len() })
     }
 
     /// Replaces the record without reading the tree.
     pub(crate) fn put(&mut self, key: Vec<u8>, value: V) {
-        let previous = self.entries.insert(key.clone(), Entry { value: Some(value), dirty: true });
+        let value = Some(value);
+        let bytes = Self::entry_bytes(key.len(), &value);
+        self.bytes += bytes;
+        let previous = self.entries.insert(key.clone(), Entry { value, dirty: true, bytes });
+        if let Some(previous) = &previous {
+            self.bytes -= previous.bytes;
+        }
         if !previous.is_some_and(|e| e.dirty) {
             self.dirty.push(key);
         }
@@ -222,8 +309,9 @@ impl<V: Record> Stage<V> {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+    /// See [`WorkingSet::bytes`].
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// See [`WorkingSet::assume_empty_tree`].
@@ -231,20 +319,39 @@ impl<V: Record> Stage<V> {
         self.complete = true;
     }
 
-    /// Forgets the records not changed since the last flush.
+    /// See [`WorkingSet::forget_tree`] (done by `evict` already: a stage keeps no keys).
+    pub(crate) fn forget_tree(&mut self) {
+        self.complete = false;
+    }
+
+    /// Forgets the records not changed since the last flush, and that it knew the whole
+    /// tree (the keys of a stage's records are few and rarely new: daily rows,
+    /// balances, journal chunks).
     pub(crate) fn evict(&mut self) {
         self.complete = false;
         if self.dirty.is_empty() {
-            self.entries.clear();
+            self.entries = HashMap::new();
+            self.bytes = 0;
         } else {
-            self.entries.retain(|_, e| e.dirty);
+            let mut kept = 0;
+            self.entries.retain(|_, e| {
+                kept += if e.dirty { e.bytes } else { 0 };
+                e.dirty
+            });
+            self.entries.shrink_to_fit();
+            self.bytes = kept;
         }
+        self.dirty.shrink_to_fit();
     }
 }
 
 /// Values stored as JSON (summaries, journal entries): readable with any sled tool.
+/// The optional closure estimates the value's heap bytes ([`Record::heap_bytes`]).
 macro_rules! json_record {
     ($t:ty) => {
+        $crate::model::json_record!($t, |_value| 0);
+    };
+    ($t:ty, |$value:ident| $heap:expr) => {
         impl $crate::model::Record for $t {
             fn decode(bytes: &[u8]) -> Option<Self> {
                 serde_json::from_slice(bytes).ok()
@@ -252,6 +359,10 @@ macro_rules! json_record {
             fn encode(&self) -> Vec<u8> {
                 // Serializing plain structs of strings and integers cannot fail.
                 serde_json::to_vec(self).unwrap_or_default()
+            }
+            fn heap_bytes(&self) -> usize {
+                let $value = self;
+                $heap
             }
         }
     };

@@ -49,7 +49,7 @@ struct MerchantInfo {
     tier: Tier,
 }
 
-json_record!(MerchantInfo);
+json_record!(MerchantInfo, |info| crate::model::string_heap(&info.name));
 
 fn merchant_key(merchant: &uuid::Uuid) -> Vec<u8> {
     keys::key(&[b"m", merchant.as_bytes()])
@@ -150,7 +150,7 @@ impl WorkingSet for OverviewSet {
                             merchants.put(key, MerchantInfo { name: name.clone(), tier: *tier });
                         }
                         MerchantEvent::MerchantTierChanged { to, .. } => {
-                            if let Some(info) = merchants.get_mut(tree, &key)? {
+                            if let Some(info) = merchants.get_mut(tree, &key)?.as_mut() {
                                 info.tier = *to;
                             }
                         }
@@ -176,7 +176,7 @@ impl WorkingSet for OverviewSet {
                         },
                     };
                     let Some((at, delta)) = event_delta(event) else { continue };
-                    let row = rows.get_mut(tree, &row_key(at.utc_date(), &payment))?;
+                    let mut row = rows.get_mut(tree, &row_key(at.utc_date(), &payment))?;
                     let row = row.get_or_insert_with(Counters::default);
                     *row = row.checked_add(&delta).ok_or_else(|| overflow(decoded.position))?;
                 }
@@ -192,14 +192,20 @@ impl WorkingSet for OverviewSet {
         self.rows.flush(batch);
     }
 
-    fn len(&self) -> usize {
-        self.merchants.len() + self.refs.len() + self.rows.len()
+    fn bytes(&self) -> usize {
+        self.merchants.bytes() + self.refs.bytes() + self.rows.bytes()
     }
 
     fn evict(&mut self) {
         self.merchants.evict();
         self.refs.evict();
         self.rows.evict();
+    }
+
+    fn forget_tree(&mut self) {
+        self.merchants.forget_tree();
+        self.refs.forget_tree();
+        self.rows.forget_tree();
     }
 
     fn assume_empty_tree(&mut self) {

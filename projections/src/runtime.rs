@@ -69,20 +69,33 @@ pub const DEFAULT_BATCH_EVENTS: usize = 1_000;
 pub const DEFAULT_REBUILD_BATCH_EVENTS: usize = 50_000;
 /// Largest `rebuild_batch_events`.
 pub const MAX_REBUILD_BATCH_EVENTS: usize = 1_000_000;
-/// Most events a rebuild reads from the log (and decodes) at a time.
-pub const REBUILD_READ_EVENTS: usize = 10_000;
-/// Records a projection's working set keeps in memory after a flush during a rebuild;
-/// beyond, it forgets them (they are in the tree) and reads them again when needed.
-pub const MAX_WORKING_SET_RECORDS: usize = 200_000;
+/// Most events a rebuild reads from the log (and decodes, on two threads) at a time.
+/// With [`REBUILD_PIPELINE_DEPTH`] it bounds the decoded events in flight (see there).
+pub const REBUILD_READ_EVENTS: usize = 2_000;
+/// Memory budget of the whole read side by default, in MiB: sled's page cache plus
+/// every working set (`paystream serve --projections-cache-mib`).
+pub const DEFAULT_CACHE_MIB: u64 = 64;
+/// One MiB, in bytes.
+pub const MIB: u64 = 1 << 20;
+/// Share of the budget that is sled's page cache (`cache_capacity`), in percent; the
+/// rest is shared by the working sets.
+pub const SLED_CACHE_PERCENT: u64 = 25;
+/// Smallest sled page cache, in bytes, whatever the budget.
+pub const MIN_SLED_CACHE_BYTES: u64 = MIB;
+/// Working sets the rest of the budget is split between, equally: per projection, the
+/// follower's and a rebuild's (both are alive while a projection is rebuilt online).
+pub const WORKING_SETS: u64 = 2 * ProjectionName::ALL.len() as u64;
 /// How long `wait_for_default` waits before answering `Lagging`.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the lag of every projection is logged.
 pub const DEFAULT_LAG_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Decoded batches in flight between the reader and the appliers.
 pub const PIPELINE_DEPTH: usize = 4;
-/// The same during a rebuild: enough for the reader to read and decode the next
-/// `rebuild_batch_events` (at the default) while the projections flush the last ones.
-pub const REBUILD_PIPELINE_DEPTH: usize = 12;
+/// The same during a rebuild, in the reader's queue and in each projection's. At most
+/// `2 × depth + 2` batches of [`REBUILD_READ_EVENTS`] are alive at once (the reader's
+/// queue, the slowest projection's, the one being sent, the one being applied):
+/// 20,000 decoded events, about 15 MiB, outside [`ProjectorConfig::cache_bytes`].
+pub const REBUILD_PIPELINE_DEPTH: usize = 4;
 /// Batches of at least this many events are decoded on two threads.
 const PARALLEL_DECODE_EVENTS: usize = 2_000;
 /// Pause before the follower retries after a store error.
@@ -108,6 +121,24 @@ pub struct ProjectorConfig {
     pub rebuild_batch_events: usize,
     pub wait_timeout: Duration,
     pub lag_log_interval: Duration,
+    /// Memory budget of the read side, in bytes: [`SLED_CACHE_PERCENT`] of it is sled's
+    /// page cache ([`open_db`]), the rest is split between [`WORKING_SETS`] working sets.
+    /// A working set past its share is flushed and forgets its clean records; the
+    /// stored models do not depend on it.
+    pub cache_bytes: u64,
+}
+
+impl ProjectorConfig {
+    /// sled's page cache (`cache_capacity`), in bytes.
+    pub fn sled_cache_bytes(&self) -> u64 {
+        (self.cache_bytes / 100 * SLED_CACHE_PERCENT).max(MIN_SLED_CACHE_BYTES)
+    }
+
+    /// The share of one working set, in bytes.
+    pub fn working_set_bytes(&self) -> usize {
+        let sets = self.cache_bytes - self.cache_bytes / 100 * SLED_CACHE_PERCENT;
+        usize::try_from(sets / WORKING_SETS).unwrap_or(usize::MAX)
+    }
 }
 
 impl Default for ProjectorConfig {
@@ -117,20 +148,23 @@ impl Default for ProjectorConfig {
             rebuild_batch_events: DEFAULT_REBUILD_BATCH_EVENTS,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             lag_log_interval: DEFAULT_LAG_LOG_INTERVAL,
+            cache_bytes: DEFAULT_CACHE_MIB * MIB,
         }
     }
 }
 
-/// Opens (creating) the projections database. A database sled reports as corrupt is
+/// Opens (creating) the projections database, with the page cache of `config`'s budget
+/// ([`ProjectorConfig::sled_cache_bytes`]). A database sled reports as corrupt is
 /// moved aside and started afresh: it only holds what the log can rebuild.
-pub fn open_db(path: &Path) -> Result<sled::Db, ProjectionError> {
-    match sled::open(path) {
+pub fn open_db(path: &Path, config: &ProjectorConfig) -> Result<sled::Db, ProjectionError> {
+    let open = || sled::Config::new().path(path).cache_capacity(config.sled_cache_bytes()).open();
+    match open() {
         Err(sled::Error::Corruption { .. }) => {
             let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
             let aside = path.with_extension(format!("corrupt-{stamp}"));
             tracing::warn!(path = %path.display(), aside = %aside.display(), "projections database is corrupt; moving it aside and rebuilding from the log");
             std::fs::rename(path, &aside)?;
-            Ok(sled::open(path)?)
+            Ok(open()?)
         }
         other => Ok(other?),
     }
@@ -264,6 +298,11 @@ struct Claim {
 /// on [`Target::flush`]) its changes go to the tree in one atomic write together with
 /// the checkpoint of the last event applied. After an error the target is discarded
 /// (its set may hold part of a batch); the tree still holds the last flush.
+///
+/// Memory: once the set's estimate passes `budget_bytes` at the end of a batch, the
+/// target flushes (whatever `flush_every` says) and the set forgets its clean records
+/// (and, if what it keeps of a whole tree is still past the budget, that too). So a
+/// set holds at most its budget plus what one batch adds.
 struct Target {
     model: Arc<dyn ReadModel>,
     tree: sled::Tree,
@@ -274,16 +313,25 @@ struct Target {
     applied: Position,
     flush_every: usize,
     unflushed: usize,
+    /// The set's share of the read side's budget ([`ProjectorConfig::working_set_bytes`]).
+    budget_bytes: usize,
 }
 
 impl Target {
-    fn new(model: Arc<dyn ReadModel>, tree: sled::Tree, checkpoint: Position, flush_every: usize) -> Target {
+    fn new(
+        model: Arc<dyn ReadModel>,
+        tree: sled::Tree,
+        checkpoint: Position,
+        flush_every: usize,
+        budget_bytes: usize,
+    ) -> Target {
         let set = model.working_set();
-        Target { model, tree, checkpoint, set, applied: checkpoint, flush_every, unflushed: 0 }
+        Target { model, tree, checkpoint, set, applied: checkpoint, flush_every, unflushed: 0, budget_bytes }
     }
 
     /// Applies the events after the last one applied, and flushes once `flush_every`
-    /// events are unflushed. Returns whether the stored checkpoint moved.
+    /// events are unflushed or the set is past its budget. Returns whether the stored
+    /// checkpoint moved.
     fn apply(&mut self, events: &[Decoded]) -> Result<bool, ProjectionError> {
         let start = events.partition_point(|e| e.position <= self.applied);
         let fresh = &events[start..];
@@ -298,28 +346,32 @@ impl Target {
         self.set.apply(&self.tree, fresh)?;
         self.applied = last.position;
         self.unflushed += fresh.len();
-        if self.unflushed >= self.flush_every {
+        if self.unflushed >= self.flush_every || self.set.bytes() > self.budget_bytes {
             return self.flush();
         }
         Ok(false)
     }
 
-    /// Stores every change applied so far with its checkpoint, in one atomic write.
+    /// Stores every change applied so far with its checkpoint, in one atomic write,
+    /// then, if the set is past its budget, forgets its records (all clean now).
     /// Returns whether the stored checkpoint moved.
     fn flush(&mut self) -> Result<bool, ProjectionError> {
-        if self.applied == self.checkpoint {
-            return Ok(false);
+        let moved = self.applied != self.checkpoint;
+        if moved {
+            let mut batch = sled::Batch::default();
+            self.set.flush(&mut batch);
+            batch.insert(CHECKPOINT_KEY, &keys::checkpoint_value(self.applied));
+            self.tree.apply_batch(batch)?;
+            self.checkpoint = self.applied;
+            self.unflushed = 0;
         }
-        let mut batch = sled::Batch::default();
-        self.set.flush(&mut batch);
-        batch.insert(CHECKPOINT_KEY, &keys::checkpoint_value(self.applied));
-        self.tree.apply_batch(batch)?;
-        self.checkpoint = self.applied;
-        self.unflushed = 0;
-        if self.set.len() > MAX_WORKING_SET_RECORDS {
+        if self.set.bytes() > self.budget_bytes {
             self.set.evict();
+            if self.set.bytes() > self.budget_bytes {
+                self.set.forget_tree();
+            }
         }
-        Ok(true)
+        Ok(moved)
     }
 }
 
@@ -608,7 +660,8 @@ impl Projections {
             inner.db.drop_tree(tree.as_bytes())?;
             let tree = inner.db.open_tree(tree.as_bytes())?;
             let model = Arc::clone(&self.slot(*name).model);
-            let mut target = Target::new(model, tree, 0, inner.config.rebuild_batch_events);
+            let mut target =
+                Target::new(model, tree, 0, inner.config.rebuild_batch_events, inner.config.working_set_bytes());
             target.set.assume_empty_tree();
             targets.push(target);
         }
@@ -931,7 +984,13 @@ impl Inner {
         let active = slot.active();
         let mut target = match kept {
             Some(target) if target.tree.name() == active.tree.name() => target,
-            _ => Target::new(Arc::clone(&slot.model), active.tree, *slot.checkpoint.borrow(), 1),
+            _ => Target::new(
+                Arc::clone(&slot.model),
+                active.tree,
+                *slot.checkpoint.borrow(),
+                1,
+                self.config.working_set_bytes(),
+            ),
         };
         target.flush_every = if catching_up { self.config.rebuild_batch_events } else { 1 };
         if target.apply(batch)? {

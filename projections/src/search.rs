@@ -44,7 +44,7 @@ use crate::dashboard::orphan;
 use crate::decode::{Decoded, DomainRecord};
 use crate::error::ProjectionError;
 use crate::keys;
-use crate::model::{ProjectionName, ReadModel, Record, WorkingSet};
+use crate::model::{string_heap, ProjectionName, ReadModel, Record, WorkingSet};
 
 /// Largest page.
 pub const MAX_PAGE_SIZE: usize = 100;
@@ -350,6 +350,13 @@ impl Member for PaymentSummary {
     fn decode_payload(key: &MemberKey, payload: &[u8]) -> Option<Self> {
         PaymentSummary::decode(payload).filter(|s| &keys::uuid_desc(s.id.as_uuid()) == key)
     }
+    fn heap_bytes(&self) -> usize {
+        let optional = |s: &Option<String>| s.as_deref().map_or(0, string_heap);
+        string_heap(&self.method_type)
+            + optional(&self.last4)
+            + optional(&self.customer_id)
+            + optional(&self.customer_email)
+    }
 }
 
 /// An entry of a merchant's index: the payment's `<desc id>`.
@@ -438,7 +445,7 @@ impl WorkingSet for SearchSet {
                 continue;
             }
             match summaries.get_mut(tree, SUMMARIES, &key)? {
-                Some(summary) => summary.evolve(event),
+                Some(mut summary) => summary.evolve(event),
                 None => return Err(orphan(decoded.position)),
             }
         }
@@ -450,13 +457,18 @@ impl WorkingSet for SearchSet {
         self.summaries.flush(batch);
     }
 
-    fn len(&self) -> usize {
-        self.summaries.len() + self.index.len()
+    fn bytes(&self) -> usize {
+        self.summaries.bytes() + self.index.bytes()
     }
 
     fn evict(&mut self) {
         self.summaries.evict();
         self.index.evict();
+    }
+
+    fn forget_tree(&mut self) {
+        self.summaries.forget_tree();
+        self.index.forget_tree();
     }
 
     fn assume_empty_tree(&mut self) {

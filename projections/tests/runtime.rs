@@ -185,12 +185,49 @@ async fn rebuild_gives_the_same_bytes_whatever_the_flush_interval() {
     let once = open_projections(dir.path(), "once", &store);
     once.replay(&[]).await.unwrap();
     for (name, every) in [("every7", 7), ("every1", 1)] {
-        let db = paystream_projections::open_db(&dir.path().join(name)).unwrap();
         let config = paystream_projections::ProjectorConfig { rebuild_batch_events: every, ..Default::default() };
-        let often = paystream_projections::Projections::open(db, store.clone(), config).unwrap();
+        let often = open_projections_with(dir.path(), name, &store, config);
         often.replay(&[]).await.unwrap();
         assert_same(&snapshot(&once), &snapshot(&often));
     }
+}
+
+/// With a memory budget so small that every working set is past its share after every
+/// batch (so it flushes and forgets everything it holds, and reads it back from the
+/// tree), a rebuild, a follower catching up and a follower near the head all store the
+/// same bytes as with the default budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_memory_budget_gives_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let mut sim = start_log(&store, SimOptions { seed: 29, ..SimOptions::default() }).await;
+    let head = append_payments(&store, &mut sim, 400).await;
+    let roomy = open_projections(dir.path(), "roomy", &store);
+    roomy.replay(&[]).await.unwrap();
+    let tiny = |rebuild_batch_events| paystream_projections::ProjectorConfig {
+        batch_events: 50,
+        rebuild_batch_events,
+        cache_bytes: 0,
+        ..Default::default()
+    };
+    assert_eq!(tiny(1).working_set_bytes(), 0, "every set is past its share as soon as it holds anything");
+
+    // A rebuild, flushing every 1,000 events by its interval but every batch by its budget.
+    let rebuilt = open_projections_with(dir.path(), "rebuilt", &store, tiny(1_000));
+    rebuilt.replay(&[]).await.unwrap();
+    assert_same(&snapshot(&roomy), &snapshot(&rebuilt));
+
+    // The follower, first catching up (flush interval 300 events), then near the head
+    // while payments keep arriving.
+    let live = open_projections_with(dir.path(), "live", &store, tiny(300));
+    let running = live.start();
+    wait_all(&live, head).await;
+    let head = append_payments(&store, &mut sim, 100).await;
+    wait_all(&live, head).await;
+    running.stop().await;
+    let roomy = open_projections(dir.path(), "roomy-again", &store);
+    roomy.replay(&[]).await.unwrap();
+    assert_same(&snapshot(&roomy), &snapshot(&live));
 }
 
 /// A rebuild request for a projection already rebuilding is refused at once (the
@@ -229,7 +266,7 @@ async fn a_layout_change_never_reuses_a_tree_left_by_an_interrupted_rebuild() {
         projections.flush().await.unwrap();
     }
     // Pretend the stored layout is older and a crashed rebuild left version 3 behind.
-    let db = paystream_projections::open_db(&dir.path().join("p")).unwrap();
+    let db = paystream_projections::open_db(&dir.path().join("p"), &Default::default()).unwrap();
     let meta = db.open_tree("projection/_meta").unwrap();
     let stored: serde_json::Value = serde_json::from_slice(&meta.get("payment_search").unwrap().unwrap()).unwrap();
     assert_eq!(stored["version"], 2);

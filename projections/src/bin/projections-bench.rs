@@ -1,11 +1,14 @@
-//! `projections-bench [--events N] [--dir DIR] [--per-projection]`: fills a fresh log
-//! with realistic payment events and times a full rebuild of every projection.
+//! `projections-bench [--events N] [--dir DIR] [--per-projection] [--catch-up]
+//! [--batch EVENTS] [--cache-mib MIB]`: fills a fresh log with realistic payment events
+//! and times a full rebuild of every projection, within the read side's memory budget.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: projections-bench [--events N] [--dir DIR] [--per-projection] [--catch-up] [--batch EVENTS]");
+    eprintln!(
+        "usage: projections-bench [--events N] [--dir DIR] [--per-projection] [--catch-up] [--batch EVENTS] [--cache-mib MIB]"
+    );
     ExitCode::from(2)
 }
 
@@ -16,6 +19,7 @@ async fn main() -> ExitCode {
     let mut per_projection = false;
     let mut catch_up = false;
     let mut batch = paystream_projections::runtime::DEFAULT_REBUILD_BATCH_EVENTS;
+    let mut cache_mib = paystream_projections::DEFAULT_CACHE_MIB;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -33,6 +37,10 @@ async fn main() -> ExitCode {
                 Some(n) => batch = n,
                 None => return usage(),
             },
+            "--cache-mib" => match args.next().and_then(|v| v.parse().ok()) {
+                Some(n) => cache_mib = n,
+                None => return usage(),
+            },
             _ => return usage(),
         }
     }
@@ -45,7 +53,15 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     println!("filling {} with ~{events} events ...", dir.display());
-    let result = paystream_projections::bench::run_rebuild_bench(&dir, events, per_projection, batch, catch_up).await;
+    let result = paystream_projections::bench::run_rebuild_bench(
+        &dir,
+        events,
+        per_projection,
+        batch,
+        catch_up,
+        cache_mib.saturating_mul(paystream_projections::MIB),
+    )
+    .await;
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }

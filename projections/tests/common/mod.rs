@@ -24,7 +24,7 @@ pub fn open_projections_with(
     store: &Arc<EmbeddedStore>,
     config: ProjectorConfig,
 ) -> Projections {
-    let db = open_db(&dir.join(db_name)).expect("open projections db");
+    let db = open_db(&dir.join(db_name), &config).expect("open projections db");
     Projections::open(db, store.clone(), config).expect("open projections")
 }
 
