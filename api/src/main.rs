@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! paystream serve [--data DIR] [--listen ADDR]    run the HTTP API (default ./data, 127.0.0.1:8080)
-//! paystream verify [--data DIR]                   check the log's hash chain
+//! paystream verify [--data DIR]                   check the log read-only (beside a live server too)
 //! paystream replay [--projection NAME] [--data DIR] rebuild read models offline from position 0
 //! paystream export --projection NAME [--format csv] a read model as CSV on stdout
 //! paystream bench store [--events N] [--dir DIR]  event log benchmark (docs/performance.md)
@@ -148,14 +148,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
         ["verify"] => {
             args.check_known(&["data"])?;
             let dir = args.existing_data()?;
-            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)).await??;
-            let report = store.verify(0, None).await?;
+            // Read-only: no recovery, no lock, no byte written; runs beside a live server.
+            let report =
+                tokio::task::spawn_blocking(move || paystream_store::embedded::verify::verify_dir(&dir)).await??;
             println!("{report}");
-            store.close().await?;
-            if report.is_ok() {
-                Ok(())
-            } else {
-                Err("the hash chain is broken".into())
+            match &report.report.first_bad {
+                None => Ok(()),
+                Some((position, _)) => Err(format!("the log is damaged: first bad position {position}").into()),
             }
         }
         ["replay"] => {

@@ -14,7 +14,7 @@ use paystream_commands::{RequestMeta, SandboxAcquirer};
 use paystream_domain::api_key::Role;
 use paystream_domain::Context;
 use paystream_projections::{Projections, ProjectorConfig};
-use paystream_store::{EmbeddedStore, EventStore, StoreError};
+use paystream_store::{EmbeddedOptions, EmbeddedStore, EventStore, StoreError};
 use uuid::Uuid;
 
 use crate::app::app;
@@ -56,10 +56,12 @@ pub struct Tuning {
 }
 
 /// Defaults of [`Tuning`].
-pub const DEFAULT_STORE_CACHE_MIB: u64 = 48;
+pub const DEFAULT_STORE_CACHE_MIB: u64 = paystream_store::DEFAULT_INDEX_CACHE_BYTES / MIB;
 pub const DEFAULT_FACTS_CACHE_MIB: u64 = paystream_commands::facts::DEFAULT_FACTS_CACHE_MIB;
 pub const DEFAULT_PROJECTIONS_CACHE_MIB: u64 = paystream_projections::DEFAULT_CACHE_MIB;
-pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3_600);
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = paystream_store::DEFAULT_IDEMPOTENCY_WINDOW;
+/// Bytes in a mebibyte.
+pub const MIB: u64 = 1024 * 1024;
 pub const DEFAULT_PENDING_AFTER: Duration = paystream_commands::services::DEFAULT_PENDING_AFTER;
 
 impl Default for Tuning {
@@ -147,8 +149,13 @@ pub async fn open_projections_within(
 pub async fn open(data: &Path, tuning: &Tuning) -> Result<Opened, BoxError> {
     std::fs::create_dir_all(data)?;
     let store_dir = data.to_path_buf();
+    let store_options = EmbeddedOptions {
+        cache_bytes: tuning.store_cache_mib * MIB,
+        idempotency_window: tuning.idempotency_window,
+        ..EmbeddedOptions::default()
+    };
     let store: Arc<dyn EventStore> =
-        Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_dir)).await??);
+        Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open_with(&store_dir, store_options)).await??);
     let context = Context::new(fingerprint_key(data)?);
     let budget = FactsBudget::from_mib(tuning.facts_cache_mib);
     let facts = Arc::new(Facts::open(&data.join("facts"), budget, store.as_ref()).await?);

@@ -14,7 +14,7 @@ pub enum StoreError {
     DuplicateIdempotencyKey { key: String, existing: AppendResult },
     #[error("invalid append: {0}")]
     Invalid(#[from] InvalidAppend),
-    #[error("event log is corrupt at position {position:?}: {detail}")]
+    #[error("event log is corrupt{}: {detail}", position.map(|p| format!(" at position {p}")).unwrap_or_default())]
     Corrupt { position: Option<Position>, detail: String },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
