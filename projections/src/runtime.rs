@@ -44,7 +44,7 @@
 //! response carries the position of its last event) or answers [`Lagging`].
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -82,9 +82,6 @@ pub const MIB: u64 = 1 << 20;
 pub const SLED_CACHE_PERCENT: u64 = 25;
 /// Smallest sled page cache, in bytes, whatever the budget.
 pub const MIN_SLED_CACHE_BYTES: u64 = MIB;
-/// Working sets the rest of the budget is split between, equally: per projection, the
-/// follower's and a rebuild's (both are alive while a projection is rebuilt online).
-pub const WORKING_SETS: u64 = 2 * ProjectionName::ALL.len() as u64;
 /// How long `wait_for_default` waits before answering `Lagging`.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the lag of every projection is logged.
@@ -122,9 +119,10 @@ pub struct ProjectorConfig {
     pub wait_timeout: Duration,
     pub lag_log_interval: Duration,
     /// Memory budget of the read side, in bytes: [`SLED_CACHE_PERCENT`] of it is sled's
-    /// page cache ([`open_db`]), the rest is split between [`WORKING_SETS`] working sets.
-    /// A working set past its share is flushed and forgets its clean records; the
-    /// stored models do not depend on it.
+    /// page cache ([`open_db`]), the rest is shared equally by the working sets alive
+    /// (the follower's four; during a rebuild, the rebuild's too). A working set past
+    /// its share is flushed and forgets its clean records; the stored models do not
+    /// depend on it.
     pub cache_bytes: u64,
 }
 
@@ -134,10 +132,37 @@ impl ProjectorConfig {
         (self.cache_bytes / 100 * SLED_CACHE_PERCENT).max(MIN_SLED_CACHE_BYTES)
     }
 
-    /// The share of one working set, in bytes.
-    pub fn working_set_bytes(&self) -> usize {
+    /// The part of the budget shared by the working sets, in bytes.
+    pub fn working_sets_bytes(&self) -> usize {
         let sets = self.cache_bytes - self.cache_bytes / 100 * SLED_CACHE_PERCENT;
-        usize::try_from(sets / WORKING_SETS).unwrap_or(usize::MAX)
+        usize::try_from(sets).unwrap_or(usize::MAX)
+    }
+}
+
+/// The working sets' part of the budget, shared equally by the working sets alive.
+struct SetsBudget {
+    bytes: usize,
+    alive: AtomicUsize,
+}
+
+/// A working set's claim on the [`SetsBudget`]: counted as alive while it lives.
+struct Share(Arc<SetsBudget>);
+
+impl Share {
+    fn new(budget: &Arc<SetsBudget>) -> Share {
+        budget.alive.fetch_add(1, Ordering::AcqRel);
+        Share(Arc::clone(budget))
+    }
+
+    /// This set's share now, in bytes (it shrinks while a rebuild's sets are alive too).
+    fn bytes(&self) -> usize {
+        self.0.bytes / self.0.alive.load(Ordering::Acquire).max(1)
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.0.alive.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -299,7 +324,7 @@ struct Claim {
 /// the checkpoint of the last event applied. After an error the target is discarded
 /// (its set may hold part of a batch); the tree still holds the last flush.
 ///
-/// Memory: once the set's estimate passes `budget_bytes` at the end of a batch, the
+/// Memory: once the set's estimate passes its `share` at the end of a batch, the
 /// target flushes (whatever `flush_every` says) and the set forgets its clean records
 /// (and, if what it keeps of a whole tree is still past the budget, that too). So a
 /// set holds at most its budget plus what one batch adds.
@@ -313,8 +338,8 @@ struct Target {
     applied: Position,
     flush_every: usize,
     unflushed: usize,
-    /// The set's share of the read side's budget ([`ProjectorConfig::working_set_bytes`]).
-    budget_bytes: usize,
+    /// The set's share of the read side's budget ([`ProjectorConfig::working_sets_bytes`]).
+    share: Share,
 }
 
 impl Target {
@@ -323,10 +348,10 @@ impl Target {
         tree: sled::Tree,
         checkpoint: Position,
         flush_every: usize,
-        budget_bytes: usize,
+        share: Share,
     ) -> Target {
         let set = model.working_set();
-        Target { model, tree, checkpoint, set, applied: checkpoint, flush_every, unflushed: 0, budget_bytes }
+        Target { model, tree, checkpoint, set, applied: checkpoint, flush_every, unflushed: 0, share }
     }
 
     /// Applies the events after the last one applied, and flushes once `flush_every`
@@ -346,7 +371,7 @@ impl Target {
         self.set.apply(&self.tree, fresh)?;
         self.applied = last.position;
         self.unflushed += fresh.len();
-        if self.unflushed >= self.flush_every || self.set.bytes() > self.budget_bytes {
+        if self.unflushed >= self.flush_every || self.set.bytes() > self.share.bytes() {
             return self.flush();
         }
         Ok(false)
@@ -365,9 +390,9 @@ impl Target {
             self.checkpoint = self.applied;
             self.unflushed = 0;
         }
-        if self.set.bytes() > self.budget_bytes {
+        if self.set.bytes() > self.share.bytes() {
             self.set.evict();
-            if self.set.bytes() > self.budget_bytes {
+            if self.set.bytes() > self.share.bytes() {
                 self.set.forget_tree();
             }
         }
@@ -380,6 +405,7 @@ struct Inner {
     meta: sled::Tree,
     store: Arc<dyn EventStore>,
     config: ProjectorConfig,
+    budget: Arc<SetsBudget>,
     slots: Vec<Slot>,
     following: std::sync::atomic::AtomicBool,
     shutdown: watch::Sender<bool>,
@@ -475,6 +501,7 @@ impl Projections {
                 db,
                 meta,
                 store,
+                budget: Arc::new(SetsBudget { bytes: config.working_sets_bytes(), alive: AtomicUsize::new(0) }),
                 config,
                 slots,
                 following: std::sync::atomic::AtomicBool::new(false),
@@ -660,8 +687,7 @@ impl Projections {
             inner.db.drop_tree(tree.as_bytes())?;
             let tree = inner.db.open_tree(tree.as_bytes())?;
             let model = Arc::clone(&self.slot(*name).model);
-            let mut target =
-                Target::new(model, tree, 0, inner.config.rebuild_batch_events, inner.config.working_set_bytes());
+            let mut target = Target::new(model, tree, 0, inner.config.rebuild_batch_events, Share::new(&inner.budget));
             target.set.assume_empty_tree();
             targets.push(target);
         }
@@ -989,7 +1015,7 @@ impl Inner {
                 active.tree,
                 *slot.checkpoint.borrow(),
                 1,
-                self.config.working_set_bytes(),
+                Share::new(&self.budget),
             ),
         };
         target.flush_every = if catching_up { self.config.rebuild_batch_events } else { 1 };

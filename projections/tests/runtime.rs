@@ -210,7 +210,7 @@ async fn a_tiny_memory_budget_gives_the_same_bytes() {
         cache_bytes: 0,
         ..Default::default()
     };
-    assert_eq!(tiny(1).working_set_bytes(), 0, "every set is past its share as soon as it holds anything");
+    assert_eq!(tiny(1).working_sets_bytes(), 0, "every set is past its share as soon as it holds anything");
 
     // A rebuild, flushing every 1,000 events by its interval but every batch by its budget.
     let rebuilt = open_projections_with(dir.path(), "rebuilt", &store, tiny(1_000));
