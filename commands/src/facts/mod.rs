@@ -60,8 +60,8 @@ use tokio::task::JoinHandle;
 use crate::bus::decode;
 use crate::error::CommandError;
 use storage::{
-    i64_from_key, i64_key, Checkpoint, ReadError, Value, WriteBack, ATTEMPTS, CHECKPOINT_KEY, CUSTOMER_ATTEMPTS,
-    DECLINES, EXPIRY, KEY, PENDING, PRUNE_INDEX, VOLUME,
+    Checkpoint, ReadError, Value, WriteBack, ATTEMPTS, CHECKPOINT_KEY, CUSTOMER_ATTEMPTS, DECLINES, EXPIRY, KEY,
+    PENDING, VOLUME, WINDOW,
 };
 
 const HOUR_SECONDS: i64 = 3_600;
@@ -84,13 +84,10 @@ pub const FOLLOW_RECEIVE_BATCHES: usize = 1_024;
 pub const CHECKPOINT_EVERY_EVENTS: u64 = 10_000;
 /// Longest time changes wait in the write-back cache before a checkpoint.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(1_000);
-/// Most prune-index entries and most daily volumes looked at per prune step.
+/// Most windows and most daily volumes looked at per prune step.
 pub const PRUNE_MAX_KEYS_PER_STEP: usize = 20_000;
 /// Slack for clocks: a window is forgotten only this long after it stopped counting.
 pub const PRUNE_SLACK_SECONDS: i64 = 300;
-/// Granularity of the prune index, in seconds: a window is forgotten at most this
-/// much later than it could be.
-pub const PRUNE_BUCKET_SECONDS: i64 = 60;
 
 /// An API key as the authenticator needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,15 +125,15 @@ impl FactsBudget {
 }
 
 fn attempts_key(instrument: &str) -> Vec<u8> {
-    [&[ATTEMPTS], instrument.as_bytes()].concat()
+    [&[WINDOW, ATTEMPTS], instrument.as_bytes()].concat()
 }
 
 fn customer_key(merchant_id: MerchantId, customer_id: &str) -> Vec<u8> {
-    [&[CUSTOMER_ATTEMPTS], merchant_id.as_uuid().as_bytes().as_slice(), customer_id.as_bytes()].concat()
+    [&[WINDOW, CUSTOMER_ATTEMPTS], merchant_id.as_uuid().as_bytes().as_slice(), customer_id.as_bytes()].concat()
 }
 
 fn declines_key(instrument: &str) -> Vec<u8> {
-    [&[DECLINES], instrument.as_bytes()].concat()
+    [&[WINDOW, DECLINES], instrument.as_bytes()].concat()
 }
 
 fn day_key(day: time::Date) -> [u8; 4] {
@@ -157,22 +154,11 @@ fn key_key(key_hash: &str) -> Vec<u8> {
 
 /// The span of the window stored under `key`.
 fn span_of(key: &[u8]) -> i64 {
-    if key.first() == Some(&DECLINES) {
+    if key.get(1) == Some(&DECLINES) {
         DAY_SECONDS
     } else {
         HOUR_SECONDS
     }
-}
-
-/// The prune-index time of a window whose last entry is `last`: when it stops
-/// counting, plus the slack, rounded up to [`PRUNE_BUCKET_SECONDS`].
-fn prune_at(last: i64, span: i64) -> i64 {
-    let stale = last.saturating_add(span).saturating_add(PRUNE_SLACK_SECONDS);
-    stale.div_euclid(PRUNE_BUCKET_SECONDS).saturating_add(1).saturating_mul(PRUNE_BUCKET_SECONDS)
-}
-
-fn prune_index_key(at: i64, window_key: &[u8]) -> Vec<u8> {
-    [&[PRUNE_INDEX], i64_key(at).as_slice(), window_key].concat()
 }
 
 fn count_since(window: Option<&Value>, since: i64) -> u32 {
@@ -297,7 +283,7 @@ impl Inner {
     }
 
     /// Appends `at` to the window under `key`, dropping entries older than the
-    /// window's span before it, and moves the window's prune-index entry.
+    /// window's span before it.
     fn record(&mut self, key: Vec<u8>, at: i64) -> Result<(), CommandError> {
         let span = span_of(&key);
         let (value, fresh) = self.cache.take(&key)?;
@@ -306,20 +292,10 @@ impl Inner {
             None => VecDeque::new(),
             Some(_) => return Err(damaged("a window of the wrong kind")),
         };
-        let old_index = window.back().map(|&last| prune_at(last, span));
         while window.front().is_some_and(|&t| t < at - span) {
             window.pop_front();
         }
         window.push_back(at);
-        let new_index = prune_at(at, span);
-        if old_index != Some(new_index) {
-            if let Some(old) = old_index {
-                self.cache.delete(prune_index_key(old, &key));
-            }
-            let index_key = prune_index_key(new_index, &key);
-            let (_, index_fresh) = self.cache.take(&index_key)?;
-            self.cache.put(index_key, Value::Marker, index_fresh);
-        }
         self.cache.put(key, Value::Window(window), fresh);
         Ok(())
     }
@@ -418,49 +394,41 @@ impl Inner {
         Ok(())
     }
 
-    /// One prune step, on flushed state: forgets at most [`PRUNE_MAX_KEYS_PER_STEP`]
-    /// windows no rule can read any more and as many daily volumes of days before
-    /// yesterday (UTC), both by the latest event time. Returns how many keys it deleted.
+    /// One prune step, on flushed state: walks at most [`PRUNE_MAX_KEYS_PER_STEP`]
+    /// windows from the cursor (starting over at the end) and forgets those no
+    /// rule can read any more, then at most as many daily volumes of days before
+    /// yesterday (UTC), both by the latest event time. Returns how many it deleted.
     fn prune_step(&mut self) -> Result<usize, CommandError> {
+        use std::ops::Bound::{Excluded, Included};
         let now = self.at.latest_at;
         self.at.since_prune = 0;
-        let mut deleted = 0;
-        let due = self.cache.stored_keys(
-            &[PRUNE_INDEX],
-            &prune_index_key(now.saturating_add(1), &[]),
-            PRUNE_MAX_KEYS_PER_STEP,
-        )?;
+        let from = match std::mem::take(&mut self.at.prune_cursor) {
+            cursor if cursor.is_empty() => Included(vec![WINDOW]),
+            cursor => Excluded(cursor),
+        };
+        let windows = self.cache.stored((from, Excluded(vec![WINDOW + 1])), PRUNE_MAX_KEYS_PER_STEP)?;
+        if windows.len() == PRUNE_MAX_KEYS_PER_STEP {
+            self.at.prune_cursor = windows.last().map(|(key, _)| key.clone()).unwrap_or_default();
+        }
         let old_days = match Timestamp::from_unix_seconds(now - DAY_SECONDS) {
             Some(yesterday) => {
                 let before = [&[VOLUME], day_key(yesterday.utc_date()).as_slice()].concat();
-                self.cache.stored_keys(&[VOLUME], &before, PRUNE_MAX_KEYS_PER_STEP)?
+                self.cache.stored(vec![VOLUME]..before, PRUNE_MAX_KEYS_PER_STEP)?
             }
             None => Vec::new(),
         };
-        for index_key in due {
-            let window_key = index_key.get(9..).unwrap_or_default().to_vec();
-            let indexed_at = i64_from_key(index_key.get(1..9).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
-            let span = span_of(&window_key);
-            let last = self.cache.read(&window_key, |value| match value {
-                Some(Value::Window(window)) => window.back().copied(),
-                _ => None,
-            })?;
-            match last {
-                Some(last) if prune_at(last, span) == indexed_at => {
-                    if last < now - span - PRUNE_SLACK_SECONDS {
-                        self.cache.delete(window_key);
-                        self.cache.delete(index_key);
-                        deleted += 2;
-                    }
-                }
-                // An entry no window points at any more.
-                _ => {
-                    self.cache.delete(index_key);
-                    deleted += 1;
-                }
+        let mut deleted = 0;
+        for (key, bytes) in windows {
+            let last = match Value::decode(&key, &bytes).map_err(damaged)? {
+                Value::Window(window) => window.back().copied(),
+                _ => return Err(damaged("a window of the wrong kind")),
+            };
+            if last.is_none_or(|last| last < now - span_of(&key) - PRUNE_SLACK_SECONDS) {
+                self.cache.delete(key);
+                deleted += 1;
             }
         }
-        for key in old_days {
+        for (key, _) in old_days {
             self.cache.delete(key);
             deleted += 1;
         }
@@ -572,7 +540,7 @@ impl Facts {
     fn flush_blocking(&self) -> Result<(), CommandError> {
         let frozen = {
             let mut inner = self.lock();
-            let at = inner.at;
+            let at = inner.at.clone();
             inner.cache.freeze(at)
         };
         let written = frozen.write(&self.db);
@@ -867,8 +835,7 @@ mod tests {
     }
 
     /// The prune step forgets windows that stopped counting (plus the slack) and
-    /// daily volumes before yesterday; everything a rule can still read stays, and
-    /// the prune index shrinks with the windows.
+    /// daily volumes before yesterday; everything a rule can still read stays.
     #[test]
     fn what_no_rule_can_read_any_more_is_forgotten() {
         let day = |d: u8| time::Date::from_calendar_date(2027, time::Month::January, d).unwrap_or(time::Date::MIN);
@@ -893,11 +860,9 @@ mod tests {
         facts.lock().prune_step().unwrap();
         facts.flush_blocking().unwrap();
         let keys: Vec<Vec<u8>> = facts.db.iter().keys().map(|k| k.unwrap().to_vec()).collect();
-        let windows: Vec<&[u8]> =
-            keys.iter().filter(|k| [ATTEMPTS, CUSTOMER_ATTEMPTS, DECLINES].contains(&k[0])).map(|k| &k[..]).collect();
+        let windows: Vec<&[u8]> = keys.iter().filter(|k| k[0] == WINDOW).map(|k| &k[..]).collect();
         let expected = [attempts_key("fresh"), customer_key(merchant, "fresh"), declines_key("fresh")];
         assert_eq!(windows, expected.iter().map(|k| &k[..]).collect::<Vec<_>>());
-        assert_eq!(keys.iter().filter(|k| k[0] == PRUNE_INDEX).count(), 3, "one index entry per window left");
         let days: Vec<&[u8]> = keys.iter().filter(|k| k[0] == VOLUME).map(|k| &k[1..5]).collect();
         assert_eq!(days, [day_key(day(3)), day_key(day(4))], "yesterday and today stay");
         for key in &expected {
@@ -905,8 +870,8 @@ mod tests {
         }
     }
 
-    /// A window keeps what the span allows, moves its prune-index entry, and
-    /// counts as it did when it lived in memory.
+    /// A window keeps what the span allows and counts as it did when it lived in
+    /// memory.
     #[test]
     fn a_window_counts_its_span() {
         let facts = facts();
@@ -925,8 +890,33 @@ mod tests {
         let merchant = MerchantId::from_uuid(uuid::Uuid::from_u128(1));
         let signals = facts.risk_signals(merchant, "card", None, now).unwrap();
         assert_eq!(signals.instrument_attempts_last_hour, 2);
+    }
+
+    /// A prune step looks at no more than its bound; the next one goes on from
+    /// where it stopped (the cursor travels in the checkpoint), then starts over.
+    #[test]
+    fn a_prune_step_does_bounded_work_and_goes_on_from_its_cursor() {
+        let facts = facts();
+        let at = 1_799_020_800;
+        {
+            let mut inner = facts.lock();
+            for n in 0..PRUNE_MAX_KEYS_PER_STEP + 5 {
+                inner.record(attempts_key(&format!("card-{n:06}")), at - 2 * HOUR_SECONDS).unwrap();
+            }
+            inner.record(attempts_key("fresh"), at).unwrap();
+            inner.at.latest_at = at;
+        }
         facts.flush_blocking().unwrap();
-        let index: Vec<Vec<u8>> = facts.db.scan_prefix([PRUNE_INDEX]).keys().map(|k| k.unwrap().to_vec()).collect();
-        assert_eq!(index, [prune_index_key(prune_at(t0 + HOUR_SECONDS + 11, HOUR_SECONDS), &attempts_key("card"))]);
+        assert_eq!(facts.lock().prune_step().unwrap(), PRUNE_MAX_KEYS_PER_STEP);
+        let cursor = facts.lock().at.prune_cursor.clone();
+        assert_eq!(cursor, attempts_key(&format!("card-{:06}", PRUNE_MAX_KEYS_PER_STEP - 1)));
+        facts.flush_blocking().unwrap();
+        let stored = Checkpoint::decode(&facts.db.get(CHECKPOINT_KEY).unwrap().unwrap()).unwrap();
+        assert_eq!(stored.prune_cursor, cursor, "the cursor is part of the checkpoint");
+        assert_eq!(facts.lock().prune_step().unwrap(), 5);
+        assert!(facts.lock().at.prune_cursor.is_empty(), "the end reached: start over");
+        facts.flush_blocking().unwrap();
+        let windows: Vec<Vec<u8>> = facts.db.scan_prefix([WINDOW]).keys().map(|k| k.unwrap().to_vec()).collect();
+        assert_eq!(windows, [attempts_key("fresh")]);
     }
 }

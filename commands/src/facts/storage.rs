@@ -5,20 +5,20 @@
 //! # Keys
 //!
 //! ```text
-//! \0checkpoint                         format | position u64 | hash [32] | latest_at i64 | since_prune u64
-//! a<instrument>                        attempts window of a card or account (unix seconds, i64 each)
-//! c<merchant uuid><customer id>        attempts window of a merchant's customer
-//! n<instrument>                        declines window of an instrument
-//! x<expires u64><window key>           prune index: the window stops counting by `expires` (unix s, rounded up to a minute)
+//! \0checkpoint                         format | position u64 | hash [32] | latest_at i64 | since_prune u64 | prune cursor
+//! wa<instrument>                       attempts window of a card or account (unix seconds, i64 each)
+//! wc<merchant uuid><customer id>       attempts window of a merchant's customer
+//! wn<instrument>                       declines window of an instrument
 //! d<day u32><merchant uuid><currency>  volume authorized that UTC day (i64 minor units)
 //! p<payment uuid>                      a payment awaiting the acquirer: merchant, initiated_at, instrument
 //! e<payment uuid>                      an authorization and when its hold lapses (i64 unix s)
 //! k<key hash>                          an API key (JSON)
 //! ```
 //!
-//! Integers are big-endian; signed ones with the sign bit flipped, so sled's
-//! byte order is their numeric order (the prune index and the days are
-//! scanned as ranges).
+//! Integers are big-endian; the day with its sign bit flipped, so sled's byte
+//! order is the days' order (days before yesterday are deleted as a range).
+//! Windows share the prefix `w`, so a prune step walks them in key order from
+//! the cursor the checkpoint keeps.
 //!
 //! # Write-back
 //!
@@ -44,15 +44,16 @@ use super::{KeyRecord, PendingPayment};
 pub(crate) const CHECKPOINT_KEY: &[u8] = b"\0checkpoint";
 /// Layout version of everything in the facts database; another value in a
 /// checkpoint means the database is dropped and rebuilt from the log.
-pub(crate) const FACTS_FORMAT: u8 = 1;
+pub(crate) const FACTS_FORMAT: u8 = 2;
 /// Estimated bytes a cached entry costs beyond its key and value (map node,
 /// allocation headers).
 const ENTRY_OVERHEAD_BYTES: usize = 64;
 
+/// First byte of every window key; the second says which window.
+pub(crate) const WINDOW: u8 = b'w';
 pub(crate) const ATTEMPTS: u8 = b'a';
 pub(crate) const CUSTOMER_ATTEMPTS: u8 = b'c';
 pub(crate) const DECLINES: u8 = b'n';
-pub(crate) const PRUNE_INDEX: u8 = b'x';
 pub(crate) const VOLUME: u8 = b'd';
 pub(crate) const PENDING: u8 = b'p';
 pub(crate) const EXPIRY: u8 = b'e';
@@ -67,8 +68,6 @@ pub(crate) enum Value {
     Pending(PendingPayment),
     Expiry(i64),
     Key(KeyRecord),
-    /// A prune index entry: the key says everything.
-    Marker,
 }
 
 /// An API key as stored.
@@ -87,14 +86,6 @@ pub(crate) struct Unparsable {
     pub key: String,
 }
 
-pub(crate) fn i64_key(value: i64) -> [u8; 8] {
-    ((value as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-pub(crate) fn i64_from_key(bytes: [u8; 8]) -> i64 {
-    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
-}
-
 fn unparsable(key: &[u8]) -> Unparsable {
     Unparsable { key: String::from_utf8_lossy(key).into_owned() }
 }
@@ -110,7 +101,7 @@ impl Value {
             Value::Window(window) => 8 * window.len(),
             Value::Pending(pending) => 32 + pending.instrument.len(),
             Value::Key(_) => 64,
-            Value::Volume(_) | Value::Expiry(_) | Value::Marker => 8,
+            Value::Volume(_) | Value::Expiry(_) => 8,
         }
     }
 
@@ -130,14 +121,13 @@ impl Value {
                 // A struct of ids, an enum and a bool always serializes.
                 serde_json::to_vec(&stored).unwrap_or_default()
             }
-            Value::Marker => Vec::new(),
         }
     }
 
     /// Decodes the value stored under `key` (its first byte says the kind).
     pub(crate) fn decode(key: &[u8], bytes: &[u8]) -> Result<Value, Unparsable> {
         let parsed = match key.first() {
-            Some(&(ATTEMPTS | CUSTOMER_ATTEMPTS | DECLINES)) if bytes.len().is_multiple_of(8) => {
+            Some(&WINDOW) if bytes.len().is_multiple_of(8) => {
                 Some(Value::Window(bytes.chunks_exact(8).filter_map(|c| i64_at(c, 0)).collect()))
             }
             Some(&VOLUME) if bytes.len() == 8 => i64_at(bytes, 0).map(Value::Volume),
@@ -157,7 +147,6 @@ impl Value {
             Some(&KEY) => serde_json::from_slice::<StoredKey>(bytes).ok().map(|k| {
                 Value::Key(KeyRecord { id: k.id, role: k.role, merchant_id: k.merchant_id, revoked: k.revoked })
             }),
-            Some(&PRUNE_INDEX) if bytes.is_empty() => Some(Value::Marker),
             _ => None,
         };
         parsed.ok_or_else(|| unparsable(key))
@@ -165,7 +154,7 @@ impl Value {
 }
 
 /// What the stored facts reflect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Checkpoint {
     pub position: Position,
     /// `RecordedEvent::hash` of the event at `position` (zeros for position 0).
@@ -174,24 +163,28 @@ pub(crate) struct Checkpoint {
     pub latest_at: i64,
     /// Events applied since the last prune step.
     pub since_prune: u64,
+    /// The last window key the last prune step looked at (empty: start over).
+    pub prune_cursor: Vec<u8>,
 }
 
 impl Checkpoint {
-    pub(crate) const EMPTY: Checkpoint = Checkpoint { position: 0, hash: [0; 32], latest_at: 0, since_prune: 0 };
+    pub(crate) const EMPTY: Checkpoint =
+        Checkpoint { position: 0, hash: [0; 32], latest_at: 0, since_prune: 0, prune_cursor: Vec::new() };
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(57);
+        let mut out = Vec::with_capacity(57 + self.prune_cursor.len());
         out.push(FACTS_FORMAT);
         out.extend_from_slice(&self.position.to_be_bytes());
         out.extend_from_slice(&self.hash);
         out.extend_from_slice(&self.latest_at.to_be_bytes());
         out.extend_from_slice(&self.since_prune.to_be_bytes());
+        out.extend_from_slice(&self.prune_cursor);
         out
     }
 
     /// `None` when the bytes are not a checkpoint of this [`FACTS_FORMAT`].
     pub(crate) fn decode(bytes: &[u8]) -> Option<Checkpoint> {
-        if bytes.len() != 57 || bytes[0] != FACTS_FORMAT {
+        if bytes.len() < 57 || bytes[0] != FACTS_FORMAT {
             return None;
         }
         Some(Checkpoint {
@@ -199,6 +192,7 @@ impl Checkpoint {
             hash: bytes[9..41].try_into().ok()?,
             latest_at: i64_at(bytes, 41)?,
             since_prune: u64::from_be_bytes(bytes[49..57].try_into().ok()?),
+            prune_cursor: bytes[57..].to_vec(),
         })
     }
 }
@@ -339,11 +333,15 @@ impl WriteBack {
         self.flushing = None;
     }
 
-    /// Up to `max` stored keys from `from` (inclusive) to `to` (exclusive), in
-    /// key order. Only called right after a flush, when sled holds every change.
-    pub(crate) fn stored_keys(&self, from: &[u8], to: &[u8], max: usize) -> Result<Vec<Vec<u8>>, sled::Error> {
+    /// Up to `max` stored entries in `range`, in key order. Only called right
+    /// after a flush, when sled holds every change.
+    pub(crate) fn stored<R: std::ops::RangeBounds<Vec<u8>>>(
+        &self,
+        range: R,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, sled::IVec)>, sled::Error> {
         debug_assert!(self.dirty.is_empty() && self.flushing.is_none(), "scans run on flushed state");
-        self.tree.range(from..to).keys().take(max).map(|k| k.map(|k| k.to_vec())).collect()
+        self.tree.range(range).take(max).map(|entry| entry.map(|(k, v)| (k.to_vec(), v))).collect()
     }
 }
 
@@ -388,7 +386,7 @@ mod tests {
     fn values_and_checkpoints_round_trip() {
         let merchant = MerchantId::from_uuid(uuid::Uuid::from_u128(42));
         let cases = [
-            (vec![ATTEMPTS, b'z'], Value::Window(VecDeque::from([-5, 0, 1_799_020_800]))),
+            (vec![WINDOW, ATTEMPTS, b'z'], Value::Window(VecDeque::from([-5, 0, 1_799_020_800]))),
             (vec![VOLUME, 1], Value::Volume(-12)),
             (vec![EXPIRY, 1], Value::Expiry(99)),
             (
@@ -404,19 +402,17 @@ mod tests {
                     revoked: true,
                 }),
             ),
-            (vec![PRUNE_INDEX, 1], Value::Marker),
         ];
         for (key, value) in cases {
             assert_eq!(Value::decode(&key, &value.encode()).unwrap(), value);
         }
         assert!(Value::decode(&[VOLUME], b"short").is_err());
-        let checkpoint = Checkpoint { position: 9, hash: [3; 32], latest_at: -1, since_prune: 17 };
-        assert_eq!(Checkpoint::decode(&checkpoint.encode()), Some(checkpoint));
+        let checkpoint =
+            Checkpoint { position: 9, hash: [3; 32], latest_at: -1, since_prune: 17, prune_cursor: b"wa42".to_vec() };
+        assert_eq!(Checkpoint::decode(&checkpoint.encode()), Some(checkpoint.clone()));
         let mut other_format = checkpoint.encode();
         other_format[0] = FACTS_FORMAT + 1;
         assert_eq!(Checkpoint::decode(&other_format), None);
-        assert!(i64_key(-1) < i64_key(0) && i64_key(0) < i64_key(1));
-        assert_eq!(i64_from_key(i64_key(-77)), -77);
     }
 
     #[test]
