@@ -6,9 +6,9 @@
 //!
 //! ```text
 //! \0checkpoint                         format | position u64 | hash [32] | latest_at i64 | since_prune u64 | prune cursor
-//! wa<instrument>                       attempts window of a card or account (unix seconds, i64 each)
-//! wc<merchant uuid><customer id>       attempts window of a merchant's customer
-//! wn<instrument>                       declines window of an instrument
+//! wa<sha256(instrument)[..16]>         attempts window of a card or account (unix seconds, i64 each)
+//! wc<sha256(merchant uuid ‖ customer id)[..16]>  attempts window of a merchant's customer
+//! wn<sha256(instrument)[..16]>         declines window of an instrument
 //! d<day u32><merchant uuid><currency>  volume authorized that UTC day (i64 minor units)
 //! p<payment uuid>                      a payment awaiting the acquirer: merchant, initiated_at, instrument
 //! e<payment uuid>                      an authorization and when its hold lapses (i64 unix s)
@@ -44,7 +44,7 @@ use super::{KeyRecord, PendingPayment};
 pub(crate) const CHECKPOINT_KEY: &[u8] = b"\0checkpoint";
 /// Layout version of everything in the facts database; another value in a
 /// checkpoint means the database is dropped and rebuilt from the log.
-pub(crate) const FACTS_FORMAT: u8 = 2;
+pub(crate) const FACTS_FORMAT: u8 = 3;
 /// Estimated bytes a cached entry costs beyond its key and value (map node,
 /// allocation headers).
 const ENTRY_OVERHEAD_BYTES: usize = 64;
@@ -151,6 +151,14 @@ impl Value {
         };
         parsed.ok_or_else(|| unparsable(key))
     }
+}
+
+/// The last entry of the window stored as `bytes` under `key`, without decoding the rest.
+pub(crate) fn last_entry(key: &[u8], bytes: &[u8]) -> Result<Option<i64>, Unparsable> {
+    if key.first() != Some(&WINDOW) || !bytes.len().is_multiple_of(8) {
+        return Err(unparsable(key));
+    }
+    Ok(bytes.len().checked_sub(8).and_then(|at| i64_at(bytes, at)))
 }
 
 /// What the stored facts reflect.
