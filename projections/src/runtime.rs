@@ -24,7 +24,8 @@
 //! ([`PIPELINE_DEPTH`] batches in flight). Each projection keeps its [`WorkingSet`]
 //! from batch to batch while its active version stays the same; it flushes after
 //! every batch near the head, and only every `rebuild_batch_events` while more than
-//! that many events remain (catching up after downtime or a layout change).
+//! that many events remain (catching up after downtime or a layout change), or
+//! earlier once the set passes its share of the memory budget (below).
 //!
 //! # Rebuilds
 //!
@@ -32,10 +33,25 @@
 //! into new trees while queries keep answering from version N (which the follower
 //! keeps current). Each projection keeps its [`WorkingSet`] in memory for the whole
 //! rebuild and flushes it, with the checkpoint, in one atomic write every
-//! `rebuild_batch_events` events (and before the switch). Once the new version reaches the head it takes the projection's
+//! `rebuild_batch_events` events, or once past its share of the memory budget (and
+//! before the switch). Once the new version reaches the head it takes the projection's
 //! write lock, applies what arrived meanwhile, records N+1 as active in
 //! `projection/_meta`, swaps the tree queries read, and drops version N. Run without a
 //! follower, the same function is the offline replay (`paystream replay`).
+//!
+//! # Memory
+//!
+//! The read side holds, besides the decoded batches in flight (at most
+//! [`PIPELINE_DEPTH`] + 1 batches of `batch_events` while following, and
+//! `2 × REBUILD_PIPELINE_DEPTH + 2` batches of [`REBUILD_READ_EVENTS`] during a
+//! rebuild), what one budget allows, [`ProjectorConfig::cache_bytes`] (default
+//! [`DEFAULT_CACHE_MIB`]): [`SLED_CACHE_PERCENT`] of it is sled's page cache, the rest
+//! is shared equally by the working sets alive (the follower's one per projection, and
+//! a rebuild's while one runs). Each set keeps an estimate of its bytes
+//! ([`WorkingSet::bytes`]); at the end of a batch a set past its share is flushed with
+//! its checkpoint, then forgets its clean records ([`WorkingSet::evict`]), so it holds
+//! at most its share plus what one batch adds. A set forgets only what is stored, and
+//! reads it back when needed: the stored models do not depend on the budget.
 //!
 //! # Read-your-writes
 //!
