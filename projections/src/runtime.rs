@@ -1026,13 +1026,17 @@ impl Inner {
         let active = slot.active();
         let mut target = match kept {
             Some(target) if target.tree.name() == active.tree.name() => target,
-            _ => Target::new(
-                Arc::clone(&slot.model),
-                active.tree,
-                *slot.checkpoint.borrow(),
-                1,
-                Share::new(&self.budget),
-            ),
+            _ => {
+                let checkpoint = *slot.checkpoint.borrow();
+                let mut target =
+                    Target::new(Arc::clone(&slot.model), active.tree, checkpoint, 1, Share::new(&self.budget));
+                // Built from position 0 (a new database, a layout change): as in a
+                // rebuild, what the set does not hold is not in the tree either.
+                if checkpoint == 0 && target.tree.is_empty() {
+                    target.set.assume_empty_tree();
+                }
+                target
+            }
         };
         target.flush_every = if catching_up { self.config.rebuild_batch_events } else { 1 };
         if target.apply(batch)? {
