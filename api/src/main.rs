@@ -272,6 +272,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
     }
 }
 
+/// jemalloc returns freed memory to the system (pages decay after ~10 s) and does not
+/// multiply it by thread the way glibc's arenas do: under load the server's RSS
+/// followed the heap at 2-3x with glibc (docs/performance.md, "Soak").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
