@@ -164,7 +164,7 @@ pub async fn open(data: &Path, tuning: &Tuning) -> Result<Opened, BoxError> {
     facts_follower.wait_for(&facts, head).await?;
     let bus = Arc::new(CommandBus::new(Arc::clone(&store), context));
     let services = Arc::new(Services::new(bus, facts, Arc::new(SandboxAcquirer::default())));
-    let projections = open_projections(data, Arc::clone(&store)).await?;
+    let projections = open_projections_within(data, Arc::clone(&store), tuning.projections_cache_mib).await?;
     Ok(Opened { services, store, projections, facts_follower })
 }
 
