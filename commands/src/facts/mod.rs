@@ -85,6 +85,9 @@ pub const CATCH_UP_BATCH: usize = 10_000;
 pub const FOLLOW_CHANNEL_BATCHES: usize = 4;
 /// Most batches taken from the channel at once (live events come one per batch).
 pub const FOLLOW_RECEIVE_BATCHES: usize = 1_024;
+/// Most events applied per hold of the facts' lock, so a request reading the
+/// facts never waits long behind the follower.
+pub const APPLY_EVENTS_PER_LOCK: usize = 64;
 /// Events between two checkpoints that are also prune steps.
 pub const CHECKPOINT_EVERY_EVENTS: u64 = 10_000;
 /// Longest time changes wait in the write-back cache before a checkpoint.
@@ -270,9 +273,10 @@ impl Inner {
         Ok(inner)
     }
 
-    /// Applies events in position order until a prune step is due (see
-    /// [`Inner::prune_due`]); returns how many it applied.
+    /// Applies events in position order, at most [`APPLY_EVENTS_PER_LOCK`], until
+    /// a prune step is due (see [`Inner::prune_due`]); returns how many it applied.
     fn apply_some(&mut self, events: &[RecordedEvent]) -> Result<usize, CommandError> {
+        let events = &events[..events.len().min(APPLY_EVENTS_PER_LOCK)];
         for (n, event) in events.iter().enumerate() {
             if self.prune_due() {
                 return Ok(n);
