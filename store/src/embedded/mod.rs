@@ -207,7 +207,7 @@ pub use self::watermark::WATERMARK_INTERVAL;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Default size of sled's page cache for the log's index (stream versions and
 /// positions, idempotency keys, record locations): what keeps hot streams in memory.
-pub const DEFAULT_INDEX_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_INDEX_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Default time an idempotency key is remembered: within it a retry replays (and a
 /// different request with the key is refused); after it the key may be used again.
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3_600);
