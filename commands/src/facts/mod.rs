@@ -12,9 +12,9 @@
 //!
 //! The facts live in a sled database (`<data>/facts`, layout in [`storage`])
 //! behind a write-back cache; together they stay within the budget given to
-//! [`Facts::open`] (`--facts-cache-mib`, [`DEFAULT_FACTS_CACHE_MIB`]): half of
-//! it is sled's page cache, a quarter the write-back cache, the rest is slack
-//! for sled's own bookkeeping. Only what is proportional to live work or to
+//! [`Facts::open`] (`--facts-cache-mib`, [`DEFAULT_FACTS_CACHE_MIB`]): a fifth
+//! of it is sled's `cache_capacity` (sled's RSS runs about 2.5 times that, so
+//! about half the budget), a quarter the write-back cache, the rest slack. Only what is proportional to live work or to
 //! keys issued stays in memory as well: API keys, payments awaiting the
 //! acquirer, authorizations not yet captured, voided or expired.
 //!
@@ -75,8 +75,10 @@ const WINDOW_ID_BYTES: usize = 16;
 
 /// Default of `--facts-cache-mib`: the facts' whole memory budget, in MiB.
 pub const DEFAULT_FACTS_CACHE_MIB: u64 = 32;
-/// Share of the budget given to sled's page cache, in percent.
-pub const SLED_CACHE_PERCENT: u64 = 50;
+/// Share of the budget given to sled's page cache (`cache_capacity`), in percent.
+/// sled's RSS runs about 2.5 times its cache capacity once full, so this is
+/// about half of the budget in memory.
+pub const SLED_CACHE_PERCENT: u64 = 20;
 /// Share of the budget the write-back cache may fill before it is flushed, in percent.
 pub const WRITE_BACK_PERCENT: u64 = 25;
 /// Events per read while catching up with the log.
