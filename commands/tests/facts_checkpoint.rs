@@ -109,7 +109,7 @@ async fn follow_to_head(path: &Path, store: &Arc<dyn EventStore>) -> (u64, Vec<(
 
 /// Rewrites the stored checkpoint with `change` (the facts must be closed).
 fn tamper(path: &Path, change: impl FnOnce(&mut Vec<u8>)) {
-    let db = sled::open(path).unwrap();
+    let db = paystream_store::open_derived_db(path, &sled::Config::new().path(path), "facts").unwrap();
     let mut checkpoint = db.get(b"\0checkpoint").unwrap().unwrap().to_vec();
     change(&mut checkpoint);
     db.insert(b"\0checkpoint", checkpoint).unwrap();
@@ -194,7 +194,7 @@ async fn a_deleted_or_mismatched_checkpoint_is_rebuilt_from_the_log() {
     assert_eq!(follow_to_head(&path, &store).await, (0, expected.clone()));
     // A value that does not parse.
     {
-        let db = sled::open(&path).unwrap();
+        let db = paystream_store::open_derived_db(&path, &sled::Config::new().path(&path), "facts").unwrap();
         let expiry = db.scan_prefix(b"e").keys().next().unwrap().unwrap();
         db.insert(expiry, b"not a value".to_vec()).unwrap();
         db.flush().unwrap();

@@ -198,17 +198,8 @@ impl Default for ProjectorConfig {
 /// ([`ProjectorConfig::sled_cache_bytes`]). A database sled reports as corrupt is
 /// moved aside and started afresh: it only holds what the log can rebuild.
 pub fn open_db(path: &Path, config: &ProjectorConfig) -> Result<sled::Db, ProjectionError> {
-    let open = || sled::Config::new().path(path).cache_capacity(config.sled_cache_bytes()).open();
-    match open() {
-        Err(sled::Error::Corruption { .. }) => {
-            let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-            let aside = path.with_extension(format!("corrupt-{stamp}"));
-            tracing::warn!(path = %path.display(), aside = %aside.display(), "projections database is corrupt; moving it aside and rebuilding from the log");
-            std::fs::rename(path, &aside)?;
-            Ok(open()?)
-        }
-        other => Ok(other?),
-    }
+    let sled_config = sled::Config::new().path(path).cache_capacity(config.sled_cache_bytes());
+    Ok(paystream_store::open_derived_db(path, &sled_config, "projections database")?)
 }
 
 /// Every read model this crate maintains, in [`ProjectionName::ALL`] order.

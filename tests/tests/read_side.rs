@@ -726,6 +726,14 @@ fn read_models_are_rebuilt_from_the_log_when_their_database_is_gone() {
 
     let server = Server::start_in(data.path(), "warn");
     assert_eq!(reads(&server), before);
-    let states: Vec<Value> = projection_status(&server.admin()).iter().map(|p| p["state"].clone()).collect();
+    // The reads waited for the models they read; the other two may still be building.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let states = loop {
+        let states: Vec<Value> = projection_status(&server.admin()).iter().map(|p| p["state"].clone()).collect();
+        if states == vec![json!("running"); 4] || std::time::Instant::now() > deadline {
+            break states;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(states, vec![json!("running"); 4]);
 }

@@ -369,19 +369,12 @@ pub(crate) enum ReadError {
 pub(crate) fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
     // Derived data: sled's throughput mode, and no background fsync (a crash
     // loses at most what the log still holds; the checkpoint moves with the data).
-    let config = || {
-        sled::Config::new().path(path).cache_capacity(cache_bytes).mode(sled::Mode::HighThroughput).flush_every_ms(None)
-    };
-    match config().open() {
-        Err(sled::Error::Corruption { .. }) => {
-            let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-            let aside = path.with_extension(format!("corrupt-{stamp}"));
-            tracing::warn!(path = %path.display(), aside = %aside.display(), "facts database is corrupt; moving it aside and rebuilding from the log");
-            std::fs::rename(path, &aside)?;
-            config().open()
-        }
-        other => other,
-    }
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(None);
+    paystream_store::open_derived_db(path, &config, "facts database")
 }
 
 /// A temporary facts database (tests, tools): removed when dropped.

@@ -714,42 +714,41 @@ impl EventStore for EmbeddedStore {
     }
 }
 
-/// Opens sled; a database sled itself reports as corrupt is moved aside and rebuilt from
-/// the log (it only ever holds derived data).
+/// Opens the log's sled index; see [`open_derived_db`].
 fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
-    match open_sled_waiting_for_lock(path, cache_bytes) {
-        Err(sled::Error::Corruption { .. }) => {
-            let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-            let aside = path.with_extension(format!("corrupt-{stamp}"));
-            tracing::warn!(path = %path.display(), aside = %aside.display(), "sled reports corruption; moving it aside and rebuilding the index from the log");
-            fs::rename(path, &aside)?;
-            Ok(sled_config(path, cache_bytes).open()?)
-        }
-        other => Ok(other?),
-    }
+    let config = sled::Config::new().path(path).cache_capacity(cache_bytes);
+    Ok(open_derived_db(path, &config, "the log's index")?)
 }
 
-fn sled_config(path: &Path, cache_bytes: u64) -> sled::Config {
-    sled::Config::new().path(path).cache_capacity(cache_bytes)
-}
-
-/// How long `open` waits for sled's file lock to be released.
+/// How long opening a sled database waits for its file lock to be released.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// `sled::open`, retrying for up to [`SLED_LOCK_WAIT`] while the database lock is held:
-/// sled 0.34 releases it from a background thread shortly *after* the last handle is
-/// dropped (sled issue 1289), so a close followed at once by an open of the same
-/// directory can find it still taken. A second process keeping the store open still
-/// fails (after the wait).
-fn open_sled_waiting_for_lock(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
+/// Opens a sled database of derived data (the log's index, the facts, the read models)
+/// at `path` with `config` (whose path must be `path`):
+///
+/// * retrying for up to [`SLED_LOCK_WAIT`] while the database lock is held: sled 0.34
+///   releases it from a background thread shortly *after* the last handle is dropped
+///   (sled issue 1289), so a close followed at once by an open of the same directory
+///   can find it still taken. A second process keeping it open still fails (after the
+///   wait);
+/// * moving a database sled itself reports as corrupt aside (`<path>.corrupt-<unix
+///   time>`) and starting anew, since it only ever holds what the log can rebuild.
+pub fn open_derived_db(path: &Path, config: &sled::Config, what: &str) -> sled::Result<sled::Db> {
     let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
     loop {
-        match sled_config(path, cache_bytes).open() {
+        match config.open() {
             // sled reports it as `ErrorKind::Other` with this message (config.rs).
             Err(sled::Error::Io(err))
                 if err.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(sled::Error::Corruption { .. }) => {
+                let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+                let aside = path.with_extension(format!("corrupt-{stamp}"));
+                tracing::warn!(path = %path.display(), aside = %aside.display(), "{what}: sled reports corruption; moving it aside and rebuilding from the log");
+                fs::rename(path, &aside)?;
+                return config.open();
             }
             other => return other,
         }
