@@ -499,3 +499,35 @@ async fn the_in_memory_index_holds_only_the_unindexed_tail() {
     assert!(store.find_idempotent("key-5").await.unwrap().is_some());
     assert_eq!(read_everything(&store).await.len(), 6_000);
 }
+
+/// A stream read while its versions move from the tail to sled (and into and out of the
+/// stream cache) always reads whole, and its version is always exact: the appender's
+/// expected-version checks rest on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_stream_reads_whole_while_the_index_moves_it_to_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path()).await.unwrap();
+    let mut version = 0;
+    for round in 0..6u64 {
+        for k in 0..3 {
+            store.append("hot", ExpectedVersion::Exact(version), vec![event("Hot", round * 10 + k)]).await.unwrap();
+            version += 1;
+        }
+        // Enough other events to complete a chunk, then let the indexer move it.
+        fill(&store, 700).await;
+        for _ in 0..4 {
+            let events = store.read_stream("hot", 1, 1_000).await.unwrap();
+            assert_eq!(events.len() as u64, version, "round {round}");
+            assert!(events.iter().enumerate().all(|(i, e)| e.stream_version == i as u64 + 1));
+            assert_eq!(store.stream_version("hot").await.unwrap(), version);
+            let tail = store.read_stream("hot", version - 1, 1_000).await.unwrap();
+            assert_eq!(tail.iter().map(|e| e.stream_version).collect::<Vec<_>>(), vec![version - 1, version]);
+            tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        }
+        assert!(matches!(
+            store.append("hot", ExpectedVersion::Exact(version - 1), vec![event("Late", 0)]).await,
+            Err(StoreError::WrongExpectedVersion { actual, .. }) if actual == version
+        ));
+    }
+    assert!(store.index_tail().indexed_through >= 3_072, "{:?}", store.index_tail());
+}

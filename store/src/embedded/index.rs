@@ -13,7 +13,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::derived::{DiskIndex, KeyEntry, POSITION_CHUNK};
+use super::derived::{KeyEntry, POSITION_CHUNK};
 use super::segment::{decode_body, parse_frame, Frame, Trailer};
 use crate::error::StoreError;
 use crate::types::{AppendResult, Position, RecordedEvent, StreamVersion};
@@ -63,6 +63,44 @@ pub(crate) struct SegmentFile {
     pub file: Arc<File>,
 }
 
+/// Most streams the stream cache holds (two generations of half as many).
+pub const STREAM_CACHE_STREAMS: usize = 16_384;
+/// Longest stream the cache keeps (versions in sled); longer ones are read from sled.
+pub const STREAM_CACHE_MAX_VERSIONS: usize = 64;
+
+/// Where each version of a stream is, for the versions sled holds: what a read of a
+/// hot stream (a merchant, a payment being captured) needs without asking sled.
+pub(crate) type CachedStream = Arc<Vec<(Position, Loc)>>;
+
+/// A bounded cache of recently read streams, in two generations: lookups see both,
+/// inserts go to the young one, and when it is full the old one is dropped. Filled by
+/// readers only while no chunk was written since their sled read (checked against
+/// `indexed_through` under the index's write lock), and emptied of a stream whenever a
+/// chunk holding it goes to sled, so an entry is always exactly what sled holds.
+#[derive(Debug, Default)]
+pub(crate) struct StreamCache {
+    young: HashMap<Arc<str>, CachedStream>,
+    old: HashMap<Arc<str>, CachedStream>,
+}
+
+impl StreamCache {
+    pub fn get(&self, stream_id: &str) -> Option<&CachedStream> {
+        self.young.get(stream_id).or_else(|| self.old.get(stream_id))
+    }
+
+    fn insert(&mut self, stream_id: Arc<str>, versions: CachedStream) {
+        if self.young.len() >= STREAM_CACHE_STREAMS / 2 {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(stream_id, versions);
+    }
+
+    fn remove(&mut self, stream_id: &str) {
+        self.young.remove(stream_id);
+        self.old.remove(stream_id);
+    }
+}
+
 /// Everything readers and the appender consult in memory; the syncer (publish), the
 /// indexer (prune) and recovery are its only writers.
 #[derive(Debug, Default)]
@@ -77,6 +115,7 @@ pub(crate) struct Index {
     pub tail: VecDeque<TailEntry>,
     pub streams: HashMap<Arc<str>, StreamTail>,
     pub keys: HashMap<Arc<str>, KeyEntry>,
+    pub stream_cache: StreamCache,
 }
 
 /// A complete chunk of the tail, as written to sled.
@@ -183,6 +222,7 @@ impl Index {
     pub fn prune_chunk(&mut self, chunk: &ChunkEntries) {
         debug_assert_eq!(chunk.chunk_no, self.indexed_through / POSITION_CHUNK);
         for run in &chunk.runs {
+            self.stream_cache.remove(&run.stream_id);
             if let Some(s) = self.streams.get_mut(&*run.stream_id) {
                 let n = run.positions.len().min(s.positions.len());
                 s.positions.drain(..n);
@@ -201,6 +241,14 @@ impl Index {
         // newer entry; nothing else in `keys` can belong to this chunk.
         self.tail.drain(..POSITION_CHUNK as usize);
         self.indexed_through = chunk.last_position;
+    }
+
+    /// Caches what sled holds of a stream, read while `indexed_through` was
+    /// `indexed_before`; refused if a chunk was written since (it may hold the stream).
+    pub fn cache_stream(&mut self, stream_id: &str, indexed_before: Position, versions: Vec<(Position, Loc)>) {
+        if self.indexed_through == indexed_before {
+            self.stream_cache.insert(Arc::from(stream_id), Arc::new(versions));
+        }
     }
 
     /// The stream's positions of versions `from_version..` that are in the tail, and
@@ -282,39 +330,6 @@ pub(crate) fn read_range(range: &ReadRange, out: &mut Vec<(RecordedEvent, Traile
         at += rec_len;
     }
     Ok(())
-}
-
-/// The stream's positions `from_version..` (at most `max`): sled for the versions
-/// before the tail, then the tail. Exact: only the appender adds versions, and the
-/// indexer writes a chunk to sled before it prunes it from the tail.
-pub(crate) fn stream_positions(
-    index_tail: Option<(StreamVersion, Vec<Position>)>,
-    disk: &DiskIndex,
-    stream_id: &str,
-    from_version: StreamVersion,
-    max: usize,
-) -> Result<Vec<Position>, StoreError> {
-    let from_version = from_version.max(1);
-    let mut out = Vec::new();
-    let tail_first = index_tail.as_ref().map_or(StreamVersion::MAX, |(first, _)| *first);
-    if from_version < tail_first {
-        out = disk.stream_positions(stream_id, from_version, max)?;
-        // sled may already hold some of what the tail holds (indexed meanwhile).
-        let sled_last = from_version + out.len() as u64; // first version not taken
-        if sled_last > tail_first {
-            out.truncate(usize::try_from(tail_first - from_version).unwrap_or(usize::MAX));
-        }
-    }
-    if let Some((first, positions)) = index_tail {
-        let skip = usize::try_from(from_version.saturating_sub(first)).unwrap_or(usize::MAX);
-        for &p in positions.iter().skip(skip) {
-            if out.len() >= max {
-                break;
-            }
-            out.push(p);
-        }
-    }
-    Ok(out)
 }
 
 /// An append result and when it was recorded, for the idempotency window.

@@ -200,7 +200,9 @@ use crate::types::{
 };
 
 pub use self::appender::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
-pub use self::index::{MAX_UNINDEXED_EVENTS, READ_MAX_BYTES as EMBEDDED_READ_MAX_BYTES};
+pub use self::index::{
+    MAX_UNINDEXED_EVENTS, READ_MAX_BYTES as EMBEDDED_READ_MAX_BYTES, STREAM_CACHE_MAX_VERSIONS, STREAM_CACHE_STREAMS,
+};
 pub use self::watermark::WATERMARK_INTERVAL;
 
 /// Default size of a segment file.
@@ -279,8 +281,14 @@ impl Shared {
     /// only the appender adds versions, and the indexer writes a chunk to sled before it
     /// prunes it from the tail, so a stream absent from the tail is whole in sled.
     pub(crate) fn stream_version(&self, stream_id: &str) -> Result<StreamVersion, StoreError> {
-        if let Some(version) = self.read_index().tail_stream_version(stream_id) {
-            return Ok(version);
+        {
+            let index = self.read_index();
+            if let Some(version) = index.tail_stream_version(stream_id) {
+                return Ok(version);
+            }
+            if let Some(cached) = index.stream_cache.get(stream_id) {
+                return Ok(cached.len() as u64);
+            }
         }
         self.disk.stream_version(stream_id)
     }
@@ -357,6 +365,42 @@ impl Shared {
         self.read_ranges(&ranges)
     }
 
+    /// What sled holds of a stream's versions `from_version..` (at most `max`): each
+    /// version's position and location, through the stream cache. A stream read whole
+    /// from sled (short enough) is cached.
+    fn sled_stream(
+        &self,
+        stream_id: &str,
+        from_version: StreamVersion,
+        max: usize,
+    ) -> Result<Vec<(Position, index::Loc)>, StoreError> {
+        let skip = usize::try_from(from_version.saturating_sub(1)).unwrap_or(usize::MAX);
+        let indexed_before = {
+            let index = self.read_index();
+            if let Some(cached) = index.stream_cache.get(stream_id) {
+                return Ok(cached.iter().skip(skip).take(max).copied().collect());
+            }
+            index.indexed_through
+        };
+        let positions = self.disk.stream_positions(stream_id, from_version, max)?;
+        let whole = from_version <= 1 && positions.len() < max;
+        let mut versions = Vec::with_capacity(positions.len());
+        let mut chunk: Option<(u64, Vec<index::Loc>)> = None;
+        for position in positions {
+            let chunk_no = (position - 1) / POSITION_CHUNK;
+            let locs = match chunk.take() {
+                Some((no, locs)) if no == chunk_no => locs,
+                _ => self.disk.chunk(chunk_no)?,
+            };
+            versions.push((position, locs[((position - 1) % POSITION_CHUNK) as usize]));
+            chunk = Some((chunk_no, locs));
+        }
+        if whole && versions.len() <= index::STREAM_CACHE_MAX_VERSIONS {
+            self.write_index().cache_stream(stream_id, indexed_before, versions.clone());
+        }
+        Ok(versions)
+    }
+
     fn read_stream_blocking(
         &self,
         stream_id: &str,
@@ -364,31 +408,35 @@ impl Shared {
         max: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.check_open()?;
-        let tail = self.read_index().tail_stream_positions(stream_id).map(|(first, p)| (first, p.to_vec()));
-        let positions = index::stream_positions(tail, &self.disk, stream_id, from_version, max)?;
-        let mut ranges: Vec<ReadRange> = Vec::new();
-        let mut chunk: Option<(u64, Vec<index::Loc>)> = None;
-        for position in positions {
-            let (indexed_through, tail_loc) = {
-                let index = self.read_index();
-                (index.indexed_through, index.tail_loc(position))
-            };
-            let loc = match tail_loc {
-                Some(loc) => loc,
-                None if position <= indexed_through => {
-                    let chunk_no = (position - 1) / POSITION_CHUNK;
-                    let locs = match chunk.take() {
-                        Some((no, locs)) if no == chunk_no => locs,
-                        _ => self.disk.chunk(chunk_no)?,
-                    };
-                    let loc = locs[((position - 1) % POSITION_CHUNK) as usize];
-                    chunk = Some((chunk_no, locs));
-                    loc
-                }
-                None => return Err(StoreError::Index(format!("position {position} of {stream_id} is not indexed"))),
-            };
+        let from_version = from_version.max(1);
+        // The tail first: versions before its first are in sled (and the cache).
+        let tail: Option<(StreamVersion, Vec<(Position, index::Loc)>)> = {
             let index = self.read_index();
-            plan(&mut ranges, position, std::iter::once(loc), |s| index.file_of(s), usize::MAX)?;
+            index.tail_stream_positions(stream_id).map(|(first, positions)| {
+                let locs = positions.iter().filter_map(|&p| index.tail_loc(p).map(|loc| (p, loc))).collect();
+                (first, locs)
+            })
+        };
+        let tail_first = tail.as_ref().map_or(StreamVersion::MAX, |(first, _)| *first);
+        let mut wanted: Vec<(Position, index::Loc)> = Vec::new();
+        if from_version < tail_first {
+            // sled may already hold versions the tail held when we looked: keep those
+            // before the tail's first.
+            let before_tail = usize::try_from(tail_first - from_version).unwrap_or(usize::MAX);
+            let sled = self.sled_stream(stream_id, from_version, max.min(before_tail))?;
+            wanted.extend(sled);
+        }
+        if let Some((first, locs)) = tail {
+            let skip = usize::try_from(from_version.saturating_sub(first)).unwrap_or(usize::MAX);
+            let room = max.saturating_sub(wanted.len());
+            wanted.extend(locs.into_iter().skip(skip).take(room));
+        }
+        let mut ranges: Vec<ReadRange> = Vec::new();
+        {
+            let index = self.read_index();
+            for (position, loc) in wanted {
+                plan(&mut ranges, position, std::iter::once(loc), |s| index.file_of(s), usize::MAX)?;
+            }
         }
         self.read_ranges(&ranges)
     }
