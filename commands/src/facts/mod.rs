@@ -593,11 +593,30 @@ impl Facts {
     }
 
     /// Applies a batch the follower received: checkpoints and prunes where due.
-    async fn apply_following(self: &Arc<Self>, events: &[RecordedEvent]) -> Result<(), CommandError> {
+    async fn apply_following(self: &Arc<Self>, events: Vec<RecordedEvent>) -> Result<(), CommandError> {
+        let events = Arc::new(events);
         let mut start = 0;
         while start < events.len() {
-            start += self.lock().apply_some(&events[start..])?;
-            if self.lock().prune_due() {
+            // Applying reads and writes sled: on a blocking thread, so that the OS
+            // schedules the follower beside the request handlers instead of it being
+            // one task among hundreds on the runtime's workers (it fell behind the log
+            // under load). The lock is still taken per `APPLY_EVENTS_PER_LOCK`.
+            let (facts, batch) = (Arc::clone(self), Arc::clone(&events));
+            let (applied, prune_due) = tokio::task::spawn_blocking(move || {
+                let mut applied = 0;
+                while start + applied < batch.len() {
+                    let mut inner = facts.lock();
+                    applied += inner.apply_some(&batch[start + applied..])?;
+                    if inner.prune_due() {
+                        return Ok::<_, CommandError>((applied, true));
+                    }
+                }
+                Ok((applied, false))
+            })
+            .await
+            .map_err(damaged)??;
+            start += applied;
+            if prune_due {
                 self.checkpoint().await?;
                 self.lock().prune_step()?;
             }
@@ -756,9 +775,11 @@ impl Facts {
                     if !dirty {
                         checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
                     }
+                    let mut events = Vec::new();
                     for batch in buffer.drain(..) {
-                        self.apply_following(&batch?).await?;
+                        events.extend(batch?);
                     }
+                    self.apply_following(events).await?;
                 }
             }
         }
@@ -793,22 +814,41 @@ async fn read_log(
             break;
         }
     }
-    let mut subscription = match store.subscribe(from).await {
-        Ok(subscription) => subscription,
-        Err(StoreError::Closed) => return,
-        Err(error) => {
-            let _ = batches.send(Err(error)).await;
-            return;
-        }
-    };
+    // Live: read what is there in batches; only at the head wait for the next event.
     loop {
+        let mut subscription = match store.subscribe(from).await {
+            Ok(subscription) => subscription,
+            Err(StoreError::Closed) => return,
+            Err(error) => {
+                let _ = batches.send(Err(error)).await;
+                return;
+            }
+        };
         let sent = match subscription.next().await {
-            Ok(event) => batches.send(Ok(vec![event])).await,
+            Ok(event) => {
+                from = event.position + 1;
+                batches.send(Ok(vec![event])).await
+            }
             Err(StoreError::Closed) => return,
             Err(error) => batches.send(Err(error)).await,
         };
         if sent.is_err() {
             return;
+        }
+        loop {
+            let batch = match store.read_all(from, CATCH_UP_BATCH).await {
+                Ok(batch) => batch,
+                Err(StoreError::Closed) => return,
+                Err(error) => {
+                    let _ = batches.send(Err(error)).await;
+                    return;
+                }
+            };
+            let Some(last) = batch.last() else { break };
+            from = last.position + 1;
+            if batches.send(Ok(batch)).await.is_err() {
+                return;
+            }
         }
     }
 }
