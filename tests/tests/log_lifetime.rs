@@ -120,6 +120,7 @@ fn verify_runs_read_only_beside_a_live_server() {
     );
     assert!(stdout.contains(&format!("checked {head} events")), "{stdout}");
     assert!(stdout.contains("chain intact"), "{stdout}");
+    assert!(stdout.contains(&format!("acknowledged through position {head}")), "{stdout}");
     assert_eq!(log_bytes(data.path()), before, "verify changed no byte");
     // And the server still works.
     merchant.pay(&card_payment(4_000, "automatic"));

@@ -143,6 +143,16 @@ fn key_live(entry: &KeyEntry, now_nanos: i64, window_nanos: i64) -> bool {
     entry.recorded_at_nanos > now_nanos.saturating_sub(window_nanos)
 }
 
+/// What [`Pipe::take`] found.
+enum Taken {
+    /// Written batches, moved into the caller's vector.
+    Batches,
+    /// Nothing came before the deadline.
+    TimedOut,
+    /// The appender is gone and everything was taken.
+    Closed,
+}
+
 /// The hand-over from the appender to the syncer.
 struct Pipe {
     state: Mutex<PipeState>,
@@ -199,7 +209,7 @@ impl Pipe {
 
     /// Everything written so far, oldest first; waits for something. `None` once the
     /// appender is gone and everything was taken.
-    fn take(&self, into: &mut Vec<Written>) -> bool {
+    fn take(&self, into: &mut Vec<Written>, until: Option<std::time::Instant>) -> Taken {
         let mut state = self.lock();
         loop {
             if !state.written.is_empty() {
@@ -210,13 +220,23 @@ impl Pipe {
                 if wake {
                     self.appender_wake.notify_one();
                 }
-                return true;
+                return Taken::Batches;
             }
             if state.closed {
-                return false;
+                return Taken::Closed;
             }
             state.syncer_waiting = true;
-            state = self.syncer_wake.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state = match until {
+                None => self.syncer_wake.wait(state).unwrap_or_else(PoisonError::into_inner),
+                Some(until) => {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        state.syncer_waiting = false;
+                        return Taken::TimedOut;
+                    }
+                    self.syncer_wake.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0
+                }
+            };
             state.syncer_waiting = false;
         }
     }
@@ -558,7 +578,19 @@ impl Syncer {
         let mut failed: Option<String> = None;
         let mut group: Vec<Written> = Vec::new();
         let mut files: Vec<Arc<File>> = Vec::new();
-        while self.pipe.take(&mut group) {
+        loop {
+            // While acknowledged appends are not yet covered by the watermark, wait for
+            // more work only until it is due, then write it (an idle log is covered
+            // within WATERMARK_INTERVAL of its last acknowledgement).
+            let until = (failed.is_none() && self.watermark_behind()).then(|| self.watermark_at + WATERMARK_INTERVAL);
+            match self.pipe.take(&mut group, until) {
+                Taken::Closed => break,
+                Taken::TimedOut => {
+                    self.store_watermark();
+                    continue;
+                }
+                Taken::Batches => {}
+            }
             if let Some(reason) = &failed {
                 answer_all(&mut group, || StoreError::Unavailable(reason.clone()));
                 continue;
@@ -590,6 +622,11 @@ impl Syncer {
         if failed.is_none() {
             self.store_watermark();
         }
+    }
+
+    /// Whether acknowledged appends are not yet covered by the watermark.
+    fn watermark_behind(&self) -> bool {
+        self.shared.read_index().head > self.watermark.position()
     }
 
     /// Records the published head as acknowledged (`log/synced`).

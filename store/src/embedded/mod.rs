@@ -78,7 +78,8 @@
 //!    rejection may rest on an in-flight batch (a duplicate key must not be reported
 //!    before the original is durable). A group that wrote nothing (only rejections)
 //!    needs no sync: everything before it was synced by earlier groups. At most every
-//!    [`WATERMARK_INTERVAL`] (100 ms), and when the store closes, it records the
+//!    [`WATERMARK_INTERVAL`] (100 ms) while appends flow, within that interval of the
+//!    last acknowledgement when they stop, and when the store closes, it records the
 //!    published head and its hash in `log/synced` (two checksummed slots, written
 //!    alternately, `fdatasync`ed).
 //!

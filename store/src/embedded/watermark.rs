@@ -3,8 +3,8 @@
 //! It names the highest position known to have been acknowledged (its group commit's
 //! `fdatasync` had returned) and that record's hash. Recovery and `verify` treat damage
 //! at or below it as corruption, never as a torn tail. The syncer rewrites it at most
-//! every [`WATERMARK_INTERVAL`] while appends flow, and at clean close; open writes it
-//! after recovery (everything recovery kept was synced by it).
+//! every [`WATERMARK_INTERVAL`] while appends flow, within that interval of the last
+//! acknowledgement when they stop, and at clean close; open writes it after recovery (everything recovery kept was synced by it).
 //!
 //! File layout: two 64-byte slots, written alternately so that a torn write of one
 //! leaves the other whole. A slot (integers little-endian):
@@ -130,6 +130,11 @@ impl Watermark {
         // Nothing to compare with on a new file: the first `store` always writes.
         let last = current.unwrap_or(Synced { position: u64::MAX, hash: [0; 32] });
         Ok(Watermark { file, seq, last })
+    }
+
+    /// The position the watermark last recorded (`u64::MAX` before the first write).
+    pub fn position(&self) -> Position {
+        self.last.position
     }
 
     /// Durably records that everything through `synced.position` was acknowledged.
