@@ -3,11 +3,14 @@
 //! dropped and the facts are rebuilt from the log.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use paystream_commands::bus::{CommandBus, RequestMeta};
+use common::{card, meta};
+use paystream_commands::bus::CommandBus;
 use paystream_commands::facts::{Facts, FactsBudget, CHECKPOINT_EVERY_EVENTS, DEFAULT_FACTS_CACHE_MIB};
 use paystream_commands::services::{hash_key, NewPayment, OnboardMerchant, Services};
 use paystream_commands::SandboxAcquirer;
@@ -17,7 +20,6 @@ use paystream_domain::payment::{CaptureMethod, Customer};
 use paystream_domain::testing::test_context;
 use paystream_domain::{Currency, Money};
 use paystream_store::{EmbeddedStore, EventStore};
-use uuid::Uuid;
 
 const CARDS: [&str; 4] = ["4242424242424242", "5555555555554444", "4000000000000002", "4000000000009995"];
 
@@ -34,17 +36,6 @@ fn temp_dir() -> tempfile::TempDir {
         }
     }
     tempfile::tempdir().unwrap()
-}
-
-fn meta() -> RequestMeta {
-    RequestMeta::new(Uuid::now_v7(), None)
-}
-
-fn card(number: &str) -> paystream_domain::method::PaymentMethodInput {
-    serde_json::from_value(serde_json::json!({
-        "type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2031, "cvc": "123"}
-    }))
-    .unwrap()
 }
 
 /// Services writing to `store`, with facts of their own (in a temporary database).

@@ -3,10 +3,13 @@
 //! create-payment script records the acquirer's answer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use paystream_commands::bus::{CommandBus, RequestMeta};
+use common::{card, meta};
+use paystream_commands::bus::CommandBus;
 use paystream_commands::facts::{Facts, FactsBudget, DEFAULT_FACTS_CACHE_MIB};
 use paystream_commands::services::{NewPayment, OnboardMerchant, Services};
 use paystream_commands::{CommandError, SandboxAcquirer};
@@ -34,17 +37,6 @@ async fn world_with(acquirer: Arc<dyn paystream_commands::Acquirer>) -> World {
     let _ = facts.start(Arc::clone(&store));
     let bus = Arc::new(CommandBus::new(store, test_context()));
     World { services: Arc::new(Services::new(bus, facts, acquirer)), _dir: dir }
-}
-
-fn meta() -> RequestMeta {
-    RequestMeta::new(Uuid::now_v7(), None)
-}
-
-fn card(number: &str) -> paystream_domain::method::PaymentMethodInput {
-    serde_json::from_value(serde_json::json!({
-        "type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2031, "cvc": "123"}
-    }))
-    .unwrap()
 }
 
 async fn merchant(services: &Services) -> paystream_domain::id::MerchantId {

@@ -786,69 +786,52 @@ impl Facts {
     }
 }
 
-/// Reads the log from `from` and hands it over in batches: catch-up reads of
-/// [`CATCH_UP_BATCH`], then live events one by one. Ends when the store closes or
-/// the applier is gone.
+/// Reads the log from `from` and hands it over in batches: everything there is, in
+/// reads of up to [`CATCH_UP_BATCH`]; at the head it waits on a subscription for the
+/// next event, then reads in batches again. Ends when the store closes or the
+/// applier is gone.
 async fn read_log(
     store: Arc<dyn EventStore>,
     mut from: Position,
     batches: mpsc::Sender<Result<Vec<RecordedEvent>, StoreError>>,
 ) {
-    loop {
-        let batch = match store.read_all(from, CATCH_UP_BATCH).await {
-            Ok(batch) => batch,
-            Err(StoreError::Closed) => return,
-            Err(error) => {
-                let _ = batches.send(Err(error)).await;
-                return;
-            }
-        };
-        let full = batch.len() == CATCH_UP_BATCH;
-        if let Some(last) = batch.last() {
-            from = last.position + 1;
-        }
-        if !batch.is_empty() && batches.send(Ok(batch)).await.is_err() {
-            return;
-        }
-        if !full {
-            break;
-        }
-    }
-    // Live: read what is there in batches; only at the head wait for the next event.
-    loop {
-        let mut subscription = match store.subscribe(from).await {
-            Ok(subscription) => subscription,
-            Err(StoreError::Closed) => return,
-            Err(error) => {
-                let _ = batches.send(Err(error)).await;
-                return;
-            }
-        };
-        let sent = match subscription.next().await {
-            Ok(event) => {
-                from = event.position + 1;
-                batches.send(Ok(vec![event])).await
-            }
-            Err(StoreError::Closed) => return,
-            Err(error) => batches.send(Err(error)).await,
-        };
-        if sent.is_err() {
-            return;
-        }
-        loop {
-            let batch = match store.read_all(from, CATCH_UP_BATCH).await {
-                Ok(batch) => batch,
-                Err(StoreError::Closed) => return,
+    let handed_over = |result: Result<Vec<RecordedEvent>, StoreError>| {
+        let batches = batches.clone();
+        async move {
+            match result {
+                Err(StoreError::Closed) => false,
                 Err(error) => {
                     let _ = batches.send(Err(error)).await;
+                    false
+                }
+                Ok(batch) => batches.send(Ok(batch)).await.is_ok(),
+            }
+        }
+    };
+    loop {
+        loop {
+            let batch = match store.read_all(from, CATCH_UP_BATCH).await {
+                Ok(batch) if batch.is_empty() => break,
+                Ok(batch) => batch,
+                Err(error) => {
+                    handed_over(Err(error)).await;
                     return;
                 }
             };
-            let Some(last) = batch.last() else { break };
-            from = last.position + 1;
-            if batches.send(Ok(batch)).await.is_err() {
+            from = batch.last().map_or(from, |last| last.position + 1);
+            if !handed_over(Ok(batch)).await {
                 return;
             }
+        }
+        let next = match store.subscribe(from).await {
+            Ok(mut subscription) => subscription.next().await,
+            Err(error) => Err(error),
+        };
+        if let Ok(event) = &next {
+            from = event.position + 1;
+        }
+        if !handed_over(next.map(|event| vec![event])).await {
+            return;
         }
     }
 }
