@@ -1,6 +1,20 @@
 //! Load a stream, decide, append with the expected version; retry on
 //! conflict by deciding again on fresh state.
+//!
+//! # The state cache
+//!
+//! A payment is written several times within seconds (initiated, authorized,
+//! captured, refunded), so the bus keeps the state it folded after each of its
+//! own appends ([`STATE_CACHE_STREAMS`] streams in each of two generations; a
+//! stream not written for two generations is read from the log again). Only
+//! [`CommandBus::execute`] uses it, and a cached state is only ever a true state
+//! at some version: the append's expected version checks it, and a conflict
+//! drops the entry and decides again on the log's state. Plain reads
+//! ([`CommandBus::load`]) always read the log. [`CommandBus::create`] writes a
+//! stream whose id was just minted without reading it first (the store still
+//! checks that it does not exist).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +30,9 @@ use crate::error::CommandError;
 pub const MAX_CONFLICT_ATTEMPTS: u32 = 5;
 /// Events read per call while loading a stream.
 pub const STREAM_READ_BATCH: usize = 1_000;
+/// Streams in each of the state cache's two generations (see the module docs):
+/// at most twice this many states in memory, a few hundred bytes to a few KiB each.
+pub const STATE_CACHE_STREAMS: usize = 2_048;
 
 /// `<category>-<uuid>`, e.g. `payment-0190a1b2-...`.
 pub fn stream_id<A: Aggregate>(id: &Uuid) -> String {
@@ -98,16 +115,76 @@ pub fn decode<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, CommandErro
         .map_err(|e| CommandError::Decode { position: recorded.position, detail: e.to_string() })
 }
 
+/// A state the bus folded after its own append.
+struct Cached {
+    version: StreamVersion,
+    state: Box<dyn Any + Send + Sync>,
+}
+
+/// Two generations of [`Cached`] states by stream id: when the current one is
+/// full it becomes the previous one and the oldest is dropped.
+#[derive(Default)]
+struct StateCache {
+    current: HashMap<String, Cached>,
+    previous: HashMap<String, Cached>,
+}
+
+impl StateCache {
+    fn get<S: Clone + 'static>(&self, stream: &str) -> Option<(S, StreamVersion)> {
+        let cached = self.current.get(stream).or_else(|| self.previous.get(stream))?;
+        Some((cached.state.downcast_ref::<S>()?.clone(), cached.version))
+    }
+
+    /// Keeps `state` unless a later version of the stream is already kept.
+    fn put<S: Send + Sync + 'static>(&mut self, stream: &str, version: StreamVersion, state: S) {
+        let newest = self.current.get(stream).or_else(|| self.previous.get(stream)).map_or(0, |c| c.version);
+        if version <= newest {
+            return;
+        }
+        self.previous.remove(stream);
+        if self.current.len() >= STATE_CACHE_STREAMS && !self.current.contains_key(stream) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(stream.to_string(), Cached { version, state: Box::new(state) });
+    }
+
+    fn forget(&mut self, stream: &str) {
+        self.current.remove(stream);
+        self.previous.remove(stream);
+    }
+}
+
 /// The write side's entry point.
 pub struct CommandBus {
     store: Arc<dyn EventStore>,
     context: Context,
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    states: Mutex<StateCache>,
+}
+
+/// Where [`CommandBus::execute_from`] starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The cached state if any, else the log's.
+    Known,
+    /// An empty stream (its id was just minted).
+    New,
 }
 
 impl CommandBus {
     pub fn new(store: Arc<dyn EventStore>, context: Context) -> CommandBus {
-        CommandBus { store, context, in_flight: Mutex::new(HashMap::new()) }
+        CommandBus { store, context, in_flight: Mutex::new(HashMap::new()), states: Mutex::default() }
+    }
+
+    fn states(&self) -> std::sync::MutexGuard<'_, StateCache> {
+        self.states.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn cached<A: Aggregate>(&self, stream: &str) -> Option<(A::State, StreamVersion)>
+    where
+        A::State: 'static,
+    {
+        self.states().get::<A::State>(stream)
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -149,11 +226,52 @@ impl CommandBus {
         &self,
         id: &Uuid,
         meta: &RequestMeta,
+        command: impl FnMut(&A::State) -> Result<A::Command, CommandError>,
+    ) -> Result<Executed<A>, CommandError>
+    where
+        A::State: Send + Sync + 'static,
+    {
+        self.execute_from::<A>(Start::Known, id, meta, command).await
+    }
+
+    /// [`execute`](Self::execute) on a stream whose id was just minted: the first
+    /// attempt decides on the empty state without reading the log (the append
+    /// expects no stream, so an existing one is a conflict, decided again on it).
+    pub async fn create<A: Aggregate>(
+        &self,
+        id: &Uuid,
+        meta: &RequestMeta,
+        command: impl FnMut(&A::State) -> Result<A::Command, CommandError>,
+    ) -> Result<Executed<A>, CommandError>
+    where
+        A::State: Send + Sync + 'static,
+    {
+        self.execute_from::<A>(Start::New, id, meta, command).await
+    }
+
+    async fn execute_from<A: Aggregate>(
+        &self,
+        mut start: Start,
+        id: &Uuid,
+        meta: &RequestMeta,
         mut command: impl FnMut(&A::State) -> Result<A::Command, CommandError>,
-    ) -> Result<Executed<A>, CommandError> {
+    ) -> Result<Executed<A>, CommandError>
+    where
+        A::State: Send + Sync + 'static,
+    {
         let stream = stream_id::<A>(id);
         for _ in 0..MAX_CONFLICT_ATTEMPTS {
-            let Loaded { state, version, .. } = self.load::<A>(id).await?;
+            let (state, version) = match start {
+                Start::New => (A::State::default(), 0),
+                Start::Known => match self.cached::<A>(&stream) {
+                    Some((state, version)) => (state, version),
+                    None => {
+                        let loaded = self.load::<A>(id).await?;
+                        (loaded.state, loaded.version)
+                    }
+                },
+            };
+            start = Start::Known;
             let events = A::decide(&state, command(&state)?, &self.context)?;
             debug_assert!(!events.is_empty(), "decide returned no events and no error");
             let new_events = events
@@ -163,12 +281,16 @@ impl CommandBus {
                 .collect::<Result<Vec<_>, _>>()?;
             let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
             match self.store.append(&stream, expected, new_events).await {
-                Ok(AppendResult { first_position, last_position, .. }) => {
+                Ok(AppendResult { first_position, last_position, last_version, .. }) => {
                     let state = events.iter().fold(state, |s, e| A::evolve(s, e));
+                    self.states().put(&stream, last_version, state.clone());
                     let events = events.into_iter().zip(first_position..=last_position).collect();
                     return Ok(Executed { state, events, position: last_position });
                 }
-                Err(StoreError::WrongExpectedVersion { .. }) => continue,
+                Err(StoreError::WrongExpectedVersion { .. }) => {
+                    self.states().forget(&stream);
+                    continue;
+                }
                 Err(error) => return Err(error.into()),
             }
         }

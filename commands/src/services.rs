@@ -115,7 +115,7 @@ impl Services {
         let merchant_id = MerchantId::from_uuid(Uuid::now_v7());
         let now = now();
         self.bus
-            .execute::<MerchantAggregate>(merchant_id.as_uuid(), meta, |_| {
+            .create::<MerchantAggregate>(merchant_id.as_uuid(), meta, |_| {
                 let i = input.clone();
                 Ok(MerchantCommand::Onboard {
                     merchant_id,
@@ -169,7 +169,7 @@ impl Services {
         let now = now();
         let executed = self
             .bus
-            .execute::<ApiKeyAggregate>(key_id.as_uuid(), meta, |_| {
+            .create::<ApiKeyAggregate>(key_id.as_uuid(), meta, |_| {
                 Ok(ApiKeyCommand::Issue { key_id, role, merchant: merchant.clone(), key_hash: key_hash.clone(), now })
             })
             .await?;
@@ -215,7 +215,7 @@ impl Services {
         let daily_volume = self.facts.daily_volume(merchant.id, input.amount.currency, now)?;
         let initiated = self
             .bus
-            .execute::<PaymentAggregate>(payment_id.as_uuid(), meta, |_| {
+            .create::<PaymentAggregate>(payment_id.as_uuid(), meta, |_| {
                 Ok(PaymentCommand::Initiate(Box::new(InitiatePayment {
                     payment_id,
                     merchant: merchant.clone(),

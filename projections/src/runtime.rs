@@ -58,6 +58,12 @@
 //! Each projection publishes its checkpoint on a watch channel after each atomic
 //! write; [`Projections::wait_for`] waits until it reaches a position (a command's
 //! response carries the position of its last event) or answers [`Lagging`].
+//!
+//! Near the head the follower stores a projection's changes at most
+//! [`LIVE_FLUSH_INTERVAL`] after it applied them (or once `batch_events` are
+//! unflushed), not after every batch: under load one atomic write carries many small
+//! batches. A reader that waits for a position asks for a flush (`Slot::wanted`), so
+//! it is answered as soon as the position is applied, not at the next interval.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -111,6 +117,9 @@ pub const PIPELINE_DEPTH: usize = 4;
 pub const REBUILD_PIPELINE_DEPTH: usize = 4;
 /// Batches of at least this many events are decoded on two threads.
 const PARALLEL_DECODE_EVENTS: usize = 2_000;
+/// Near the head, the longest a projection keeps applied changes unstored when no
+/// reader waits for them (see the module's "Read-your-writes").
+pub const LIVE_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// Pause before the follower retries after a store error.
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -296,6 +305,9 @@ struct Slot {
     /// the head it must reach before it answers queries ([`UNTIL_UNKNOWN`] until the
     /// follower has read the head); 0 once it has.
     building_until: AtomicU64,
+    /// The highest position a reader waits for ([`Projections::wait_for`]): while the
+    /// checkpoint is below it, the follower stores what it applies at once.
+    wanted: AtomicU64,
 }
 
 /// `building_until` of a new tree before the follower has read the head.
@@ -345,6 +357,8 @@ struct Target {
     applied: Position,
     flush_every: usize,
     unflushed: usize,
+    /// When the tree was last written (or the target made).
+    last_flush: Instant,
     /// The set's share of the read side's budget ([`ProjectorConfig::working_sets_bytes`]).
     share: Share,
 }
@@ -358,7 +372,22 @@ impl Target {
         share: Share,
     ) -> Target {
         let set = model.working_set();
-        Target { model, tree, checkpoint, set, applied: checkpoint, flush_every, unflushed: 0, share }
+        Target {
+            model,
+            tree,
+            checkpoint,
+            set,
+            applied: checkpoint,
+            flush_every,
+            unflushed: 0,
+            last_flush: Instant::now(),
+            share,
+        }
+    }
+
+    /// Whether the set holds applied changes the tree does not.
+    fn dirty(&self) -> bool {
+        self.applied != self.checkpoint
     }
 
     /// Applies the events after the last one applied, and flushes once `flush_every`
@@ -396,6 +425,7 @@ impl Target {
             self.tree.apply_batch(batch)?;
             self.checkpoint = self.applied;
             self.unflushed = 0;
+            self.last_flush = Instant::now();
         }
         if self.set.bytes() > self.share.bytes() {
             self.set.evict();
@@ -416,6 +446,8 @@ struct Inner {
     slots: Vec<Slot>,
     following: std::sync::atomic::AtomicBool,
     shutdown: watch::Sender<bool>,
+    /// Wakes the follower when a reader starts waiting (see `Slot::wanted`).
+    flush_wanted: tokio::sync::Notify,
 }
 
 /// The read side: every projection, its storage, checkpoint and queries. Cheap to clone.
@@ -501,6 +533,7 @@ impl Projections {
                 checkpoint: watch::channel(checkpoint).0,
                 state: Mutex::new(SlotState::Idle),
                 building_until: AtomicU64::new(if checkpoint == 0 { UNTIL_UNKNOWN } else { 0 }),
+                wanted: AtomicU64::new(0),
             });
         }
         Ok(Projections {
@@ -513,6 +546,7 @@ impl Projections {
                 slots,
                 following: std::sync::atomic::AtomicBool::new(false),
                 shutdown: watch::channel(false).0,
+                flush_wanted: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -550,6 +584,8 @@ impl Projections {
         if slot.failed() {
             return Err(lagging(*receiver.borrow()));
         }
+        slot.wanted.fetch_max(position, Ordering::AcqRel);
+        self.inner.flush_wanted.notify_one();
         let reached =
             tokio::time::timeout(timeout, receiver.wait_for(|c| *c >= position)).await.is_ok_and(|r| r.is_ok());
         if reached {
@@ -1003,8 +1039,9 @@ impl Inner {
     /// active version (a rebuild's switch replaces the tree: the kept one is then
     /// dropped, unflushed changes and all, and the new version is at least as far).
     /// Far behind the head (`catching_up`) the working set is flushed every
-    /// `rebuild_batch_events`, as in a rebuild; near it, after every batch, so a
-    /// write is readable as soon as possible. Returns the target to keep.
+    /// `rebuild_batch_events`, as in a rebuild; near it, every `batch_events`, once
+    /// [`LIVE_FLUSH_INTERVAL`] has passed since the last write, or at once while a
+    /// reader waits for a position (`Slot::wanted`). Returns the target to keep.
     fn apply_live(
         &self,
         index: usize,
@@ -1029,11 +1066,45 @@ impl Inner {
                 target
             }
         };
-        target.flush_every = if catching_up { self.config.rebuild_batch_events } else { 1 };
-        if target.apply(batch)? {
+        target.flush_every = if catching_up { self.config.rebuild_batch_events } else { self.config.batch_events };
+        let mut moved = target.apply(batch)?;
+        if !moved
+            && !catching_up
+            && target.dirty()
+            && (target.last_flush.elapsed() >= LIVE_FLUSH_INTERVAL
+                || slot.wanted.load(Ordering::Acquire) > target.checkpoint)
+        {
+            moved = target.flush()?;
+        }
+        if moved {
             slot.checkpoint.send_replace(target.checkpoint);
         }
         Ok(target)
+    }
+
+    /// Stores what the follower's kept targets applied but did not store yet, and
+    /// gives them back (less any whose projection failed or switched trees).
+    fn flush_dirty(&self, mut kept: Vec<Option<Target>>) -> Vec<Option<Target>> {
+        for (index, entry) in kept.iter_mut().enumerate() {
+            let Some(target) = entry.as_mut().filter(|t| t.dirty()) else { continue };
+            let slot = &self.slots[index];
+            let _write = slot.write.blocking_lock();
+            if target.tree.name() != slot.active().tree.name() {
+                *entry = None;
+                continue;
+            }
+            match target.flush() {
+                Ok(true) => {
+                    slot.checkpoint.send_replace(target.checkpoint);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    self.fail(index, &error);
+                    *entry = None;
+                }
+            }
+        }
+        kept
     }
 
     /// Stores what the follower's kept targets applied but did not flush yet.
@@ -1094,7 +1165,24 @@ async fn follow(inner: Arc<Inner>) {
             continue;
         };
         let (mut batches, reader) = spawn_reader(&inner, lowest + 1, true, inner.config.batch_events);
-        while let Some(batch) = batches.recv().await {
+        loop {
+            // Applied changes not stored yet are stored by this deadline, or sooner
+            // when a reader waits for them.
+            let due = kept.iter().flatten().filter(|t| t.dirty()).map(|t| t.last_flush + LIVE_FLUSH_INTERVAL).min();
+            let batch = tokio::select! {
+                batch = batches.recv() => match batch {
+                    Some(batch) => batch,
+                    None => break,
+                },
+                () = tokio::time::sleep_until(due.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)), if due.is_some() => {
+                    kept = flush_dirty(&inner, kept).await;
+                    continue;
+                }
+                () = inner.flush_wanted.notified(), if due.is_some() => {
+                    kept = flush_dirty(&inner, kept).await;
+                    continue;
+                }
+            };
             let last = batch.last().map_or(0, |e| e.position);
             let head = inner.store.head().await.unwrap_or(last);
             let catching_up = head.saturating_sub(last) > inner.config.rebuild_batch_events as u64;
@@ -1147,6 +1235,19 @@ async fn follow(inner: Arc<Inner>) {
         }
     }
     inner.following.store(false, std::sync::atomic::Ordering::Release);
+}
+
+/// [`Inner::flush_dirty`] on the blocking pool.
+async fn flush_dirty(inner: &Arc<Inner>, kept: Vec<Option<Target>>) -> Vec<Option<Target>> {
+    let flushing = Arc::clone(inner);
+    let count = kept.len();
+    match tokio::task::spawn_blocking(move || flushing.flush_dirty(kept)).await {
+        Ok(kept) => kept,
+        Err(error) => {
+            tracing::error!(%error, "projection follower: storing its working sets failed");
+            (0..count).map(|_| None).collect()
+        }
+    }
 }
 
 async fn log_lag(inner: Arc<Inner>) {

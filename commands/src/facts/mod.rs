@@ -677,7 +677,7 @@ impl Facts {
         customer_id: Option<&str>,
         now: Timestamp,
     ) -> Result<RiskSignals, CommandError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let at = now.unix_seconds();
         let customer_attempts_last_hour = match customer_id {
             Some(c) => inner.cache.read(&customer_key(merchant_id, c), |w| count_since(w, at - HOUR_SECONDS))?,

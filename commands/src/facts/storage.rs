@@ -28,8 +28,13 @@
 //! outside the lock; then `flushing` is dropped. A key written for the first
 //! time since the last flush and deleted before the next (a payment authorized
 //! and captured within a second) never reaches sled.
+//!
+//! Values read from sled (absent ones too) are remembered in a small clean
+//! cache ([`CLEAN_ENTRIES`] keys in each of two generations) until the key is
+//! written: a payment's risk check reads its card's and customer's windows, and
+//! the follower changes the same windows a few milliseconds later.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -48,6 +53,9 @@ pub(crate) const FACTS_FORMAT: u8 = 3;
 /// Estimated bytes a cached entry costs beyond its key and value (map node,
 /// allocation headers).
 const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Keys in each generation of the clean cache (see the module docs): at most
+/// twice this many values read from sled stay in memory, about 100 bytes each.
+pub(crate) const CLEAN_ENTRIES: usize = 4_096;
 
 /// First byte of every window key; the second says which window.
 pub(crate) const WINDOW: u8 = b'w';
@@ -248,11 +256,39 @@ pub(crate) struct WriteBack {
     dirty: Changes,
     dirty_bytes: usize,
     flushing: Option<Arc<Changes>>,
+    clean: Clean,
+}
+
+/// Values as sled holds them (`None`: absent) for keys not written since they
+/// were read, in two generations.
+#[derive(Default)]
+struct Clean {
+    current: HashMap<Vec<u8>, Option<Value>>,
+    previous: HashMap<Vec<u8>, Option<Value>>,
+}
+
+impl Clean {
+    fn get(&self, key: &[u8]) -> Option<&Option<Value>> {
+        self.current.get(key).or_else(|| self.previous.get(key))
+    }
+
+    fn insert(&mut self, key: &[u8], value: Option<Value>) {
+        if self.current.len() >= CLEAN_ENTRIES {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key.to_vec(), value);
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Option<Value>> {
+        let current = self.current.remove(key);
+        let previous = self.previous.remove(key);
+        current.or(previous)
+    }
 }
 
 impl WriteBack {
     pub(crate) fn new(tree: sled::Tree) -> WriteBack {
-        WriteBack { tree, dirty: Changes::new(), dirty_bytes: 0, flushing: None }
+        WriteBack { tree, dirty: Changes::new(), dirty_bytes: 0, flushing: None, clean: Clean::default() }
     }
 
     pub(crate) fn dirty_bytes(&self) -> usize {
@@ -264,18 +300,24 @@ impl WriteBack {
     }
 
     /// Calls `f` with the current value of `key`: unflushed changes first,
-    /// then the batch being written, then sled.
-    pub(crate) fn read<R>(&self, key: &[u8], f: impl FnOnce(Option<&Value>) -> R) -> Result<R, ReadError> {
+    /// then the batch being written, then the clean cache, then sled.
+    pub(crate) fn read<R>(&mut self, key: &[u8], f: impl FnOnce(Option<&Value>) -> R) -> Result<R, ReadError> {
         if let Some(slot) = self.dirty.get(key) {
             return Ok(f(slot.value.as_ref()));
         }
         if let Some(slot) = self.flushing.as_ref().and_then(|changes| changes.get(key)) {
             return Ok(f(slot.value.as_ref()));
         }
-        match self.tree.get(key)? {
-            Some(bytes) => Ok(f(Some(&Value::decode(key, &bytes)?))),
-            None => Ok(f(None)),
+        if let Some(value) = self.clean.get(key) {
+            return Ok(f(value.as_ref()));
         }
+        let value = match self.tree.get(key)? {
+            Some(bytes) => Some(Value::decode(key, &bytes)?),
+            None => None,
+        };
+        let answer = f(value.as_ref());
+        self.clean.insert(key, value);
+        Ok(answer)
     }
 
     /// Takes the current value of `key` out for a change that [`WriteBack::put`]
@@ -290,6 +332,11 @@ impl WriteBack {
             let fresh = slot.value.is_none();
             return Ok((slot.value.clone(), fresh));
         }
+        // Absent from sled when read, and not written since (a write forgets it).
+        if let Some(value) = self.clean.remove(key) {
+            let fresh = value.is_none();
+            return Ok((value, fresh));
+        }
         match self.tree.get(key)? {
             Some(bytes) => Ok((Some(Value::decode(key, &bytes)?), false)),
             None => Ok((None, true)),
@@ -299,6 +346,7 @@ impl WriteBack {
     /// Writes `value` under `key`; `fresh` as returned by [`WriteBack::take`]
     /// (or `true` for a key that cannot exist yet, such as a new payment's).
     pub(crate) fn put(&mut self, key: Vec<u8>, value: Value, fresh: bool) {
+        self.clean.remove(&key);
         // A key already changed since the last flush keeps what is known of it.
         let fresh = match self.dirty.remove(&key) {
             Some(old) => {
@@ -314,6 +362,7 @@ impl WriteBack {
 
     /// Deletes `key`.
     pub(crate) fn delete(&mut self, key: Vec<u8>) {
+        self.clean.remove(&key);
         if let Some(old) = self.dirty.remove(&key) {
             self.dirty_bytes -= slot_size(&key, &old);
             if old.fresh {
@@ -418,6 +467,33 @@ mod tests {
         let mut other_format = checkpoint.encode();
         other_format[0] = FACTS_FORMAT + 1;
         assert_eq!(Checkpoint::decode(&other_format), None);
+    }
+
+    #[test]
+    fn the_clean_cache_never_answers_for_a_key_written_since_it_was_read() {
+        let db = temporary_db(1 << 20).unwrap();
+        let mut cache = WriteBack::new((*db).clone());
+        let key = vec![VOLUME, 7];
+        assert_eq!(cache.read(&key, |v| v.cloned()).unwrap(), None, "absent, and remembered as absent");
+        let (value, fresh) = cache.take(&key).unwrap();
+        assert_eq!((value, fresh), (None, true), "absent from sled: a delete before the flush needs no write");
+        cache.put(key.clone(), Value::Volume(5), true);
+        cache.freeze(Checkpoint::EMPTY).write(&db).unwrap();
+        cache.flushed();
+        assert_eq!(cache.read(&key, |v| v.cloned()).unwrap(), Some(Value::Volume(5)));
+        // A write forgets the remembered value at once.
+        cache.put(key.clone(), Value::Volume(9), false);
+        assert_eq!(cache.read(&key, |v| v.cloned()).unwrap(), Some(Value::Volume(9)));
+        cache.freeze(Checkpoint::EMPTY).write(&db).unwrap();
+        cache.flushed();
+        assert_eq!(cache.read(&key, |v| v.cloned()).unwrap(), Some(Value::Volume(9)));
+        let (value, fresh) = cache.take(&key).unwrap();
+        assert_eq!((value, fresh), (Some(Value::Volume(9)), false));
+        cache.delete(key.clone());
+        cache.freeze(Checkpoint::EMPTY).write(&db).unwrap();
+        cache.flushed();
+        assert_eq!(cache.read(&key, |v| v.cloned()).unwrap(), None);
+        assert!(db.get(&key).unwrap().is_none());
     }
 
     #[test]
