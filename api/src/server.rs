@@ -154,17 +154,36 @@ pub async fn open(data: &Path, tuning: &Tuning) -> Result<Opened, BoxError> {
         idempotency_window: tuning.idempotency_window,
         ..EmbeddedOptions::default()
     };
+    let started = std::time::Instant::now();
     let store: Arc<dyn EventStore> =
         Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open_with(&store_dir, store_options)).await??);
+    let store_ms = started.elapsed().as_millis();
     let context = Context::new(fingerprint_key(data)?);
+    // The facts and the read side open their databases at the same time.
+    let projections = tokio::spawn({
+        let (data, store, cache_mib) = (data.to_path_buf(), Arc::clone(&store), tuning.projections_cache_mib);
+        async move {
+            let projections = open_projections_within(&data, store, cache_mib).await;
+            (projections, started.elapsed().as_millis())
+        }
+    });
     let budget = FactsBudget::from_mib(tuning.facts_cache_mib);
     let facts = Arc::new(Facts::open(&data.join("facts"), budget, store.as_ref()).await?);
     let head = store.head().await?;
     let mut facts_follower = facts.start(Arc::clone(&store));
     facts_follower.wait_for(&facts, head).await?;
+    let facts_ms = started.elapsed().as_millis();
     let bus = Arc::new(CommandBus::new(Arc::clone(&store), context));
     let services = Arc::new(Services::new(bus, facts, Arc::new(SandboxAcquirer::default())));
-    let projections = open_projections_within(data, Arc::clone(&store), tuning.projections_cache_mib).await?;
+    let (projections, projections_ms) = projections.await?;
+    let projections = projections?;
+    tracing::info!(
+        head,
+        store_ms,
+        facts_ms,
+        projections_ms,
+        "opened: the log and its index, the facts, the read side (ms since start)"
+    );
     Ok(Opened { services, store, projections, facts_follower })
 }
 
