@@ -128,7 +128,7 @@ struct Connection {
 
 impl Connection {
     async fn open(addr: SocketAddr) -> Result<Connection, BoxError> {
-        let stream = TcpStream::connect(addr).await?;
+        let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         stream.set_nodelay(true)?;
         Ok(Connection { stream: BufReader::new(stream) })
     }

@@ -405,7 +405,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
             if args.dir.is_none() {
                 let _ = std::fs::remove_dir_all(&dir);
             }
-            println!("{}", report?);
+            println!("{}", report.map_err(|e| format!("bench store in {}: {e}", dir.display()))?);
             Ok(())
         }
         Command::Bench(BenchCommand::Http(args)) => bench_http(args).await,
