@@ -116,7 +116,7 @@ pub struct ChildServer {
     /// The `paystream` binary (`std::env::current_exe()`).
     pub exe: PathBuf,
     pub data: PathBuf,
-    /// Further `serve` options, forwarded as given (`--store-cache-mib 64`, ...).
+    /// Further `serve` options: the bench gives the budget ones (`--store-cache-mib 16`, ...).
     pub serve_args: Vec<String>,
 }
 

@@ -160,7 +160,7 @@ struct VerifyArgs {
 #[derive(Args)]
 struct ReplayArgs {
     /// The read model to rebuild: merchant_dashboard, payment_search, platform_overview or
-    /// ledger [default: all of them].
+    /// ledger [default: all four].
     #[arg(long, value_name = "NAME", env = "PAYSTREAM_PROJECTION", value_parser = projection)]
     projection: Option<ProjectionName>,
     #[command(flatten)]
@@ -187,7 +187,7 @@ enum Format {
 
 #[derive(Args)]
 struct BenchStoreArgs {
-    /// Events appended.
+    /// Events of the bulk fill (after the timed write phases).
     #[arg(long, value_name = "N", env = "PAYSTREAM_BENCH_EVENTS", default_value_t = 1_000_000)]
     events: u64,
     /// Directory of the benchmark's log, kept afterwards [default: a temporary directory,
