@@ -151,7 +151,7 @@ pub async fn open(data: &Path, tuning: &Tuning) -> Result<Opened, BoxError> {
     std::fs::create_dir_all(data)?;
     let store_dir = data.to_path_buf();
     let store_options = EmbeddedOptions {
-        cache_bytes: tuning.store_cache_mib * MIB,
+        cache_bytes: tuning.store_cache_mib.saturating_mul(MIB),
         idempotency_window: tuning.idempotency_window,
         ..EmbeddedOptions::default()
     };
@@ -249,8 +249,12 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, BoxError> {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => return Ok(listener),
             Err(error) => {
+                // Someone has this address, or it is forbidden: said as it is, and no other
+                // address is tried.
                 let last = matches!(error.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied);
-                failure.get_or_insert((addr, error));
+                if last || failure.is_none() {
+                    failure = Some((addr, error));
+                }
                 if last {
                     break;
                 }
