@@ -116,7 +116,7 @@ pub struct ChildServer {
     /// The `paystream` binary (`std::env::current_exe()`).
     pub exe: PathBuf,
     pub data: PathBuf,
-    /// Further `serve` options, forwarded as given (`--store-cache-mib 64`, ...).
+    /// Further `serve` options: the bench gives the budget ones (`--store-cache-mib 16`, ...).
     pub serve_args: Vec<String>,
 }
 
@@ -128,7 +128,7 @@ struct Connection {
 
 impl Connection {
     async fn open(addr: SocketAddr) -> Result<Connection, BoxError> {
-        let stream = TcpStream::connect(addr).await?;
+        let stream = TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         stream.set_nodelay(true)?;
         Ok(Connection { stream: BufReader::new(stream) })
     }

@@ -1,123 +1,332 @@
-//! `paystream`: the platform's one binary.
+//! `paystream`: the platform's one binary. The command line is declared here
+//! with clap (`paystream --help`, `paystream <command> --help`) and described in
+//! docs/operations.md, "Command line":
 //!
 //! ```text
-//! paystream serve [--data DIR] [--listen ADDR]    run the HTTP API (default ./data, 127.0.0.1:8080)
-//! paystream verify [--data DIR]                   check the log read-only (beside a live server too)
-//! paystream replay [--projection NAME] [--data DIR] rebuild read models offline from position 0
-//! paystream export --projection NAME [--format csv] a read model as CSV on stdout
-//! paystream bench store [--events N] [--dir DIR]  event log benchmark (docs/performance.md)
-//! paystream bench http [--clients 64] [--seconds 10] [--interval-seconds 60] payment API load and soak test
-//!                      (server as a child process: RSS, p50/p99 per interval, restart time; docs/performance.md)
+//! paystream serve    run the HTTP API (default ./data, 127.0.0.1:8080)
+//! paystream verify   check the log read-only (beside a live server too)
+//! paystream replay   rebuild read models offline from position 0
+//! paystream export   a read model as CSV on stdout
+//! paystream bench store | bench http   the benchmarks of docs/performance.md
 //! ```
+//!
+//! Every option can also be given by an environment variable, by one rule:
+//! `PAYSTREAM_` and the option's name in capitals with dashes as underscores
+//! (`--store-cache-mib`: `PAYSTREAM_STORE_CACHE_MIB`); the bench commands' options
+//! take `PAYSTREAM_BENCH_` (`--clients`: `PAYSTREAM_BENCH_CLIENTS`), so that a
+//! server's settings in the environment (its `PAYSTREAM_DATA`) never point a
+//! benchmark at its data.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-use paystream_api::server::{serve, BoxError, ServeOptions, Tuning};
 use std::sync::Arc;
+use std::time::Duration;
 
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use paystream_api::server::{
+    serve, BoxError, ServeOptions, Tuning, DEFAULT_FACTS_CACHE_MIB, DEFAULT_PROJECTIONS_CACHE_MIB,
+    DEFAULT_STORE_CACHE_MIB,
+};
 use paystream_projections::{ProjectionName, Projections};
-use paystream_store::{EmbeddedStore, EventStore};
+use paystream_store::{EmbeddedStore, EventStore, StoreError};
 
-const USAGE: &str = "usage:
-  paystream serve [--data DIR] [--listen ADDR] [--store-cache-mib N] [--facts-cache-mib N]
-                  [--projections-cache-mib N] [--idempotency-window-seconds N] [--pending-after-seconds N]
-  paystream verify [--data DIR]
-  paystream replay [--projection NAME] [--data DIR]
-  paystream export --projection NAME [--format csv] [--data DIR]
-  paystream bench store [--events N] [--dir DIR]
-  paystream bench http [--clients 64] [--seconds 10] [--interval-seconds 60] [--data DIR]
-                       [--store-cache-mib N] [--facts-cache-mib N] [--projections-cache-mib N]
-  paystream bench http --url HOST:PORT --admin-key KEY [--clients 64] [--seconds 10] [--interval-seconds 60]";
+/// After every command's options: the rule that names the variables.
+const ENVIRONMENT: &str = "\
+Environment:
+  Every option can also be set by an environment variable: PAYSTREAM_ and the
+  option's name in capitals, dashes as underscores (--data: PAYSTREAM_DATA,
+  --store-cache-mib: PAYSTREAM_STORE_CACHE_MIB). The bench commands' options take
+  PAYSTREAM_BENCH_ (--clients: PAYSTREAM_BENCH_CLIENTS). An option on the command
+  line wins over its variable. Each option's variable is shown beside it.
+  PAYSTREAM_LOG       what is logged on stderr, a tracing filter: error, warn,
+                      info, debug, trace, or per module (info,paystream_store=debug)
+                      [default: info]
+  `paystream serve --help` also describes PAYSTREAM_ADMIN_KEY and
+  PAYSTREAM_FINGERPRINT_KEY.";
 
-struct Args {
-    positional: Vec<String>,
-    options: Vec<(String, String)>,
+/// After `serve`'s options: the variables it reads besides its options'.
+const SERVE_ENVIRONMENT: &str = "\
+Environment:
+  Each option above can also be set by the variable shown beside it (PAYSTREAM_ and
+  the option's name in capitals, dashes as underscores); the command line wins.
+  PAYSTREAM_ADMIN_KEY        an admin API key to register at start, if the log does
+                             not know it yet. Without it, the first start on an empty
+                             data directory creates an admin key and prints it once
+                             on stdout, after the port is bound.
+  PAYSTREAM_FINGERPRINT_KEY  the key of card fingerprints, in hex [default: the key in
+                             <data>/secrets/fingerprint.key, created on first start]
+  PAYSTREAM_LOG              what is logged on stderr, a tracing filter: error, warn,
+                             info, debug, trace, or per module
+                             (info,paystream_store=debug) [default: info]";
+
+/// An event-sourced payment platform: the HTTP API server and its offline tools.
+#[derive(Parser)]
+#[command(name = "paystream", version, propagate_version = true, after_help = ENVIRONMENT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut positional = Vec::new();
-    let mut options = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if let Some(name) = arg.strip_prefix("--") {
-            let value = args.next().ok_or_else(|| format!("--{name} needs a value"))?;
-            options.push((name.to_string(), value));
-        } else {
-            positional.push(arg);
-        }
-    }
-    Ok(Args { positional, options })
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API on a data directory (until SIGINT or SIGTERM).
+    ///
+    /// Binds the address first (a busy port fails before anything is opened), opens the event
+    /// log and the facts and read models, creates the first admin key if there is none, then
+    /// prints `listening on http://ADDRESS` and serves. One process per data directory.
+    #[command(after_help = SERVE_ENVIRONMENT)]
+    Serve(ServeArgs),
+    /// Check the event log's hash chain, read-only.
+    ///
+    /// Takes no lock and writes nothing: it runs beside a live server too. Exits non-zero
+    /// and names the first bad position if the log is damaged.
+    #[command(after_help = ENVIRONMENT)]
+    Verify(VerifyArgs),
+    /// Rebuild read models from position 0 of the log, offline.
+    ///
+    /// The server must be stopped: replay needs the data directory to itself. Prints a JSON
+    /// report.
+    #[command(after_help = ENVIRONMENT)]
+    Replay(ReplayArgs),
+    /// Write a read model as CSV on stdout, offline (caught up to the log first).
+    ///
+    /// The server must be stopped: export needs the data directory to itself.
+    #[command(after_help = ENVIRONMENT)]
+    Export(ExportArgs),
+    /// Benchmarks (docs/performance.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
-impl Args {
-    fn option(&self, name: &str) -> Option<&str> {
-        self.options.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The event log's benchmark: appends and reads on a fresh log.
+    #[command(after_help = ENVIRONMENT)]
+    Store(BenchStoreArgs),
+    /// The payment API's load and soak test.
+    ///
+    /// Starts `paystream serve` as a child process on its own data (unless given --url), runs
+    /// keep-alive clients creating card payments, and reports throughput, p50/p99 latency and
+    /// RSS per interval and the restart time.
+    #[command(after_help = ENVIRONMENT)]
+    Http(BenchHttpArgs),
+}
 
-    fn check_known(&self, known: &[&str]) -> Result<(), String> {
-        match self.options.iter().find(|(n, _)| !known.contains(&n.as_str())) {
-            Some((name, _)) => Err(format!("unknown option --{name}")),
-            None => Ok(()),
+/// The data directory of an installation.
+#[derive(Args)]
+struct DataArg {
+    /// The data directory: the event log, the facts, the read models and the secrets.
+    #[arg(long, value_name = "DIR", env = "PAYSTREAM_DATA", default_value = "./data")]
+    data: PathBuf,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    data: DataArg,
+    /// Address to listen on: HOST:PORT, an IP address or a host name (localhost:8080);
+    /// port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", env = "PAYSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Memory budget of the event log's index (its caches and sled's), in MiB.
+    #[arg(long, value_name = "MIB", env = "PAYSTREAM_STORE_CACHE_MIB", value_parser = positive,
+          default_value_t = DEFAULT_STORE_CACHE_MIB)]
+    store_cache_mib: u64,
+    /// Memory budget of the write side's facts (velocity, volumes, pending), in MiB.
+    #[arg(long, value_name = "MIB", env = "PAYSTREAM_FACTS_CACHE_MIB", value_parser = positive,
+          default_value_t = DEFAULT_FACTS_CACHE_MIB)]
+    facts_cache_mib: u64,
+    /// Memory budget of the read models (their working sets and sled's cache), in MiB.
+    #[arg(long, value_name = "MIB", env = "PAYSTREAM_PROJECTIONS_CACHE_MIB", value_parser = positive,
+          default_value_t = DEFAULT_PROJECTIONS_CACHE_MIB)]
+    projections_cache_mib: u64,
+    /// How long an Idempotency-Key is remembered, in seconds (24 hours).
+    #[arg(long, value_name = "SECONDS", env = "PAYSTREAM_IDEMPOTENCY_WINDOW_SECONDS", value_parser = positive,
+          default_value_t = paystream_api::server::DEFAULT_IDEMPOTENCY_WINDOW.as_secs())]
+    idempotency_window_seconds: u64,
+    /// How long a payment may wait for the acquirer's answer before the recovery sweep
+    /// asks the acquirer for it, in seconds.
+    #[arg(long, value_name = "SECONDS", env = "PAYSTREAM_PENDING_AFTER_SECONDS", value_parser = positive,
+          default_value_t = paystream_api::server::DEFAULT_PENDING_AFTER.as_secs())]
+    pending_after_seconds: u64,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    data: DataArg,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The read model to rebuild: merchant_dashboard, payment_search, platform_overview or
+    /// ledger [default: all four].
+    #[arg(long, value_name = "NAME", env = "PAYSTREAM_PROJECTION", value_parser = projection)]
+    projection: Option<ProjectionName>,
+    #[command(flatten)]
+    data: DataArg,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The read model to export: merchant_dashboard, payment_search, platform_overview or
+    /// ledger.
+    #[arg(long, value_name = "NAME", env = "PAYSTREAM_PROJECTION", value_parser = projection)]
+    projection: ProjectionName,
+    /// The output format.
+    #[arg(long, value_name = "FORMAT", env = "PAYSTREAM_FORMAT", value_enum, default_value_t = Format::Csv)]
+    format: Format,
+    #[command(flatten)]
+    data: DataArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Csv,
+}
+
+#[derive(Args)]
+struct BenchStoreArgs {
+    /// Events of the bulk fill (after the timed write phases).
+    #[arg(long, value_name = "N", env = "PAYSTREAM_BENCH_EVENTS", default_value_t = 1_000_000)]
+    events: u64,
+    /// Directory of the benchmark's log, kept afterwards [default: a temporary directory,
+    /// removed afterwards].
+    #[arg(long, value_name = "DIR", env = "PAYSTREAM_BENCH_DIR")]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchHttpArgs {
+    /// Concurrent keep-alive clients, each with its own merchant.
+    #[arg(long, value_name = "N", env = "PAYSTREAM_BENCH_CLIENTS", value_parser = positive,
+          default_value_t = paystream_api::bench_http::DEFAULT_CLIENTS as u64)]
+    clients: u64,
+    /// Length of the load, in seconds.
+    #[arg(long, value_name = "SECONDS", env = "PAYSTREAM_BENCH_SECONDS", value_parser = positive,
+          default_value_t = 10)]
+    seconds: u64,
+    /// Length of a reporting interval, in seconds.
+    #[arg(long, value_name = "SECONDS", env = "PAYSTREAM_BENCH_INTERVAL_SECONDS", value_parser = positive,
+          default_value_t = paystream_api::bench_http::DEFAULT_INTERVAL.as_secs())]
+    interval_seconds: u64,
+    /// Data directory of the child server, kept afterwards [default: a temporary directory,
+    /// removed afterwards].
+    #[arg(long, value_name = "DIR", env = "PAYSTREAM_BENCH_DATA", conflicts_with = "url")]
+    data: Option<PathBuf>,
+    /// The child server's --store-cache-mib.
+    #[arg(long, value_name = "MIB", env = "PAYSTREAM_BENCH_STORE_CACHE_MIB", value_parser = positive,
+          default_value_t = DEFAULT_STORE_CACHE_MIB, conflicts_with = "url")]
+    store_cache_mib: u64,
+    /// The child server's --facts-cache-mib.
+    #[arg(long, value_name = "MIB", env = "PAYSTREAM_BENCH_FACTS_CACHE_MIB", value_parser = positive,
+          default_value_t = DEFAULT_FACTS_CACHE_MIB, conflicts_with = "url")]
+    facts_cache_mib: u64,
+    /// The child server's --projections-cache-mib.
+    #[arg(long, value_name = "MIB", env = "PAYSTREAM_BENCH_PROJECTIONS_CACHE_MIB", value_parser = positive,
+          default_value_t = DEFAULT_PROJECTIONS_CACHE_MIB, conflicts_with = "url")]
+    projections_cache_mib: u64,
+    /// Measure a running server instead of a child: its HOST:PORT (or http://HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT", env = "PAYSTREAM_BENCH_URL", requires = "admin_key")]
+    url: Option<String>,
+    /// The running server's admin API key (with --url).
+    #[arg(long, value_name = "KEY", env = "PAYSTREAM_BENCH_ADMIN_KEY", hide_env_values = true, requires = "url")]
+    admin_key: Option<String>,
+}
+
+/// The environment variable of option `--{long}`: `PAYSTREAM_` (`PAYSTREAM_BENCH_` for
+/// the bench commands) and the name in capitals, dashes as underscores. The
+/// `env = ...` of each option above spells it out; tests/tests/cli.rs checks they agree.
+fn variable_of(bench: bool, long: &str) -> String {
+    let prefix = if bench { "PAYSTREAM_BENCH_" } else { "PAYSTREAM_" };
+    format!("{prefix}{}", long.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Every command's `--version` says `paystream <version>`.
+fn named(command: clap::Command) -> clap::Command {
+    command.display_name("paystream").mut_subcommands(named)
+}
+
+/// The command line, or its help, version or usage error printed and the process
+/// ended (0 for help and version, 2 for a usage error). A bad value that came from an
+/// environment variable, not the command line, is said to come from there.
+fn parse_command_line() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let error = match named(Cli::command()).try_get_matches_from(&args) {
+        Ok(matches) => match Cli::from_arg_matches(&matches) {
+            Ok(cli) => return cli,
+            Err(error) => error,
+        },
+        Err(error) => error,
+    };
+    if let Some(clap::error::ContextValue::String(arg)) = error.get(clap::error::ContextKind::InvalidArg) {
+        let long = arg.split_whitespace().next().unwrap_or_default();
+        let typed = args.iter().any(|a| a.to_str().is_some_and(|a| a == long || a.starts_with(&format!("{long}="))));
+        if let Some(name) = long.strip_prefix("--").filter(|_| !typed) {
+            let bench = args.get(1).is_some_and(|a| a == "bench");
+            let variable = variable_of(bench, name);
+            if std::env::var_os(&variable).is_some() {
+                let text = error.render().to_string();
+                let (first, rest) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+                eprint!("{first} (set by the environment variable {variable})\n{rest}");
+                std::process::exit(error.exit_code());
+            }
         }
     }
+    error.exit()
+}
 
-    /// A positive whole number option, or its default.
-    fn positive(&self, name: &str, default: u64) -> Result<u64, String> {
-        match self.option(name) {
-            None => Ok(default),
-            Some(text) => match text.parse::<u64>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(format!("--{name}: expected a whole number above 0, got {text:?}")),
-            },
-        }
-    }
-
-    /// The memory budget and windows of `serve` (see `Tuning`).
-    fn tuning(&self) -> Result<Tuning, String> {
-        let d = Tuning::default();
-        Ok(Tuning {
-            store_cache_mib: self.positive("store-cache-mib", d.store_cache_mib)?,
-            facts_cache_mib: self.positive("facts-cache-mib", d.facts_cache_mib)?,
-            projections_cache_mib: self.positive("projections-cache-mib", d.projections_cache_mib)?,
-            idempotency_window: std::time::Duration::from_secs(
-                self.positive("idempotency-window-seconds", d.idempotency_window.as_secs())?,
-            ),
-            pending_after: std::time::Duration::from_secs(
-                self.positive("pending-after-seconds", d.pending_after.as_secs())?,
-            ),
-        })
-    }
-
-    fn data(&self) -> PathBuf {
-        PathBuf::from(self.option("data").unwrap_or("./data"))
-    }
-
-    /// The data directory of an existing installation: the offline commands
-    /// (`verify`, `replay`, `export`) refuse a directory without an event log
-    /// rather than create an empty one (a mistyped `--data`).
-    fn existing_data(&self) -> Result<PathBuf, BoxError> {
-        let dir = self.data();
-        if !dir.join("log").is_dir() {
-            return Err(format!(
-                "{} holds no event log ({}/log is missing); give --data DIR",
-                dir.display(),
-                dir.display()
-            )
-            .into());
-        }
-        Ok(dir)
+/// A whole number above 0.
+fn positive(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number above 0".to_string()),
     }
 }
+
+fn projection(text: &str) -> Result<ProjectionName, String> {
+    text.parse::<ProjectionName>().map_err(|e| e.to_string())
+}
+
+/// The data directory of an existing installation: the offline commands
+/// (`verify`, `replay`, `export`) refuse a directory without an event log
+/// rather than create an empty one (a mistyped `--data`).
+fn existing_data(dir: &Path) -> Result<PathBuf, BoxError> {
+    if !dir.join("log").is_dir() {
+        return Err(format!(
+            "{} holds no event log ({}/log is missing); give --data DIR (or PAYSTREAM_DATA)",
+            dir.display(),
+            dir.display()
+        )
+        .into());
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// `error`, or, when it is another process holding the log's lock, that in an
+/// operator's words with what to do (`advice`).
+fn explain_locked(error: BoxError, dir: &Path, advice: &str) -> BoxError {
+    match error.downcast_ref::<StoreError>() {
+        Some(StoreError::Locked { .. }) => {
+            format!("a server is using this data directory: {} ({advice})", dir.display()).into()
+        }
+        _ => error,
+    }
+}
+
+/// What to do when `replay` or `export` finds the data directory in use.
+const STOP_THE_SERVER: &str = "another paystream process holds its lock; stop it first: replay and export need \
+                               the directory to themselves, while `paystream verify` checks a live server's log";
 
 /// The log and the read side, opened offline (the server must not be
 /// running on the same data directory: both lock it).
-async fn open_read_side(args: &Args) -> Result<(Arc<dyn EventStore>, Projections), BoxError> {
-    let dir = args.existing_data()?;
+async fn open_read_side(data: &Path) -> Result<(Arc<dyn EventStore>, Projections), BoxError> {
+    let dir = existing_data(data)?;
     let store_dir = dir.clone();
-    let store: Arc<dyn EventStore> =
-        Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_dir)).await??);
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_dir))
+        .await?
+        .map_err(|error| explain_locked(error.into(), &dir, STOP_THE_SERVER))?;
+    let store: Arc<dyn EventStore> = Arc::new(store);
     let projections = paystream_api::server::open_projections(&dir, Arc::clone(&store)).await?;
     Ok((store, projections))
 }
@@ -125,29 +334,31 @@ async fn open_read_side(args: &Args) -> Result<(Arc<dyn EventStore>, Projections
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PAYSTREAM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
-async fn run(args: Args) -> Result<(), BoxError> {
-    match args.positional.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["serve"] => {
-            args.check_known(&[
-                "data",
-                "listen",
-                "store-cache-mib",
-                "facts-cache-mib",
-                "projections-cache-mib",
-                "idempotency-window-seconds",
-                "pending-after-seconds",
-            ])?;
-            let listen: SocketAddr =
-                args.option("listen").unwrap_or("127.0.0.1:8080").parse().map_err(|e| format!("--listen: {e}"))?;
-            let tuning = args.tuning()?;
-            serve(ServeOptions { data: args.data(), listen, tuning }).await
+async fn run(command: Command) -> Result<(), BoxError> {
+    match command {
+        Command::Serve(args) => {
+            let data = args.data.data;
+            let tuning = Tuning {
+                store_cache_mib: args.store_cache_mib,
+                facts_cache_mib: args.facts_cache_mib,
+                projections_cache_mib: args.projections_cache_mib,
+                idempotency_window: Duration::from_secs(args.idempotency_window_seconds),
+                pending_after: Duration::from_secs(args.pending_after_seconds),
+            };
+            serve(ServeOptions { data: data.clone(), listen: args.listen, tuning }).await.map_err(|error| {
+                explain_locked(
+                    error,
+                    &data,
+                    "another paystream process holds its lock; stop it first, or give this server another --data",
+                )
+            })
         }
-        ["verify"] => {
-            args.check_known(&["data"])?;
-            let dir = args.existing_data()?;
+        Command::Verify(args) => {
+            let dir = existing_data(&args.data.data)?;
             // Read-only: no recovery, no lock, no byte written; runs beside a live server.
             let report =
                 tokio::task::spawn_blocking(move || paystream_store::embedded::verify::verify_dir(&dir)).await??;
@@ -157,31 +368,24 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 Some((position, _)) => Err(format!("the log is damaged: first bad position {position}").into()),
             }
         }
-        ["replay"] => {
-            args.check_known(&["data", "projection"])?;
-            let names = match args.option("projection") {
-                Some(name) => vec![name.parse::<ProjectionName>()?],
-                None => Vec::new(),
-            };
-            let (store, projections) = open_read_side(&args).await?;
+        Command::Replay(args) => {
+            let names: Vec<ProjectionName> = args.projection.into_iter().collect();
+            let (store, projections) = open_read_side(&args.data.data).await?;
             let report = projections.replay(&names).await?;
             projections.flush().await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             store.close().await?;
             Ok(())
         }
-        ["export"] => {
-            args.check_known(&["data", "projection", "format"])?;
-            let name: ProjectionName = args.option("projection").ok_or("--projection NAME is required")?.parse()?;
-            if args.option("format").unwrap_or("csv") != "csv" {
-                return Err("--format: only csv is supported".into());
-            }
-            let (store, projections) = open_read_side(&args).await?;
+        Command::Export(args) => {
+            let Format::Csv = args.format;
+            let name = args.projection;
+            let (store, projections) = open_read_side(&args.data.data).await?;
             let head = store.head().await?;
             // Export what the log holds now: catch the projection up first.
             if projections.checkpoint(name) < head {
                 let running = projections.start();
-                projections.wait_for(name, head, std::time::Duration::from_secs(3_600)).await?;
+                projections.wait_for(name, head, Duration::from_secs(3_600)).await?;
                 running.stop().await;
             }
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -191,85 +395,71 @@ async fn run(args: Args) -> Result<(), BoxError> {
             store.close().await?;
             Ok(())
         }
-        ["bench", "store"] => {
-            args.check_known(&["events", "dir"])?;
-            let events: u64 =
-                args.option("events").unwrap_or("1000000").parse().map_err(|e| format!("--events: {e}"))?;
-            let dir = match args.option("dir") {
-                Some(dir) => PathBuf::from(dir),
+        Command::Bench(BenchCommand::Store(args)) => {
+            let dir = match &args.dir {
+                Some(dir) => dir.clone(),
                 None => std::env::temp_dir().join(format!("paystream-bench-{}", std::process::id())),
             };
-            let options = paystream_store::bench::BenchOptions { events, ..Default::default() };
-            let report = paystream_store::bench::run_store_bench(&dir, options).await?;
-            println!("{report}");
-            if args.option("dir").is_none() {
+            let options = paystream_store::bench::BenchOptions { events: args.events, ..Default::default() };
+            let report = paystream_store::bench::run_store_bench(&dir, options).await;
+            if args.dir.is_none() {
                 let _ = std::fs::remove_dir_all(&dir);
             }
+            println!("{}", report.map_err(|e| format!("bench store in {}: {e}", dir.display()))?);
             Ok(())
         }
-        ["bench", "http"] => {
-            args.check_known(&[
-                "clients",
-                "seconds",
-                "interval-seconds",
-                "url",
-                "admin-key",
-                "data",
-                "store-cache-mib",
-                "facts-cache-mib",
-                "projections-cache-mib",
-            ])?;
-            use paystream_api::bench_http::{ChildServer, HttpBenchOptions, Target, DEFAULT_CLIENTS, DEFAULT_INTERVAL};
-            let clients = usize::try_from(args.positive("clients", DEFAULT_CLIENTS as u64)?)
-                .map_err(|e| format!("--clients: {e}"))?;
-            let seconds = args.positive("seconds", 10)?;
-            let interval = args.positive("interval-seconds", DEFAULT_INTERVAL.as_secs())?;
-            // Checked as `serve` checks them, then forwarded to the child as given.
-            args.tuning()?;
-            let serve_args: Vec<String> = ["store-cache-mib", "facts-cache-mib", "projections-cache-mib"]
-                .into_iter()
-                .filter_map(|name| args.option(name).map(|value| [format!("--{name}"), value.to_string()]))
-                .flatten()
-                .collect();
-            let temporary = args.option("data").is_none();
-            let data = match args.option("data") {
-                Some(dir) => PathBuf::from(dir),
-                None => std::env::temp_dir().join(format!("paystream-bench-http-{}", std::process::id())),
-            };
-            let target = match (args.option("url"), args.option("admin-key")) {
-                (Some(url), Some(key)) => {
-                    if !serve_args.is_empty() || !temporary {
-                        return Err("--url measures a running server: --data and the serve options do not apply".into());
-                    }
-                    let addr = url
-                        .trim_start_matches("http://")
-                        .trim_end_matches('/')
-                        .parse()
-                        .map_err(|e| format!("--url: {e}"))?;
-                    Target::Running { addr, admin_key: key.to_string() }
-                }
-                (None, None) => {
-                    let exe = std::env::current_exe().map_err(|e| format!("cannot find the paystream binary: {e}"))?;
-                    Target::Child(ChildServer { exe, data: data.clone(), serve_args })
-                }
-                _ => return Err("--url and --admin-key go together".into()),
-            };
-            let child = matches!(target, Target::Child(_));
-            let options = HttpBenchOptions {
-                clients,
-                duration: std::time::Duration::from_secs(seconds),
-                interval: std::time::Duration::from_secs(interval),
-                target,
-            };
-            let result = paystream_api::bench_http::run(options).await;
-            if child && temporary {
-                let _ = std::fs::remove_dir_all(&data);
-            }
-            println!("{}", result?);
-            Ok(())
-        }
-        _ => Err(USAGE.into()),
+        Command::Bench(BenchCommand::Http(args)) => bench_http(args).await,
     }
+}
+
+async fn bench_http(args: BenchHttpArgs) -> Result<(), BoxError> {
+    use paystream_api::bench_http::{ChildServer, HttpBenchOptions, Target};
+    let clients = usize::try_from(args.clients).map_err(|e| format!("--clients {}: {e}", args.clients))?;
+    let temporary = args.data.is_none();
+    let data = match &args.data {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("paystream-bench-http-{}", std::process::id())),
+    };
+    // clap makes --url and --admin-key go together, and refuses --data and the
+    // serve options beside --url.
+    let target = match (args.url, args.admin_key) {
+        (Some(url), Some(admin_key)) => {
+            let host_port = url.trim_start_matches("http://").trim_end_matches('/');
+            let addr = tokio::net::lookup_host(host_port)
+                .await
+                .map_err(|e| format!("--url {url}: cannot resolve {host_port}: {e} (give HOST:PORT)"))?
+                .next()
+                .ok_or_else(|| format!("--url {url}: {host_port} resolves to no address"))?;
+            Target::Running { addr, admin_key }
+        }
+        _ => {
+            let exe = std::env::current_exe().map_err(|e| format!("cannot find the paystream binary: {e}"))?;
+            // The child's budget on its command line: it wins over any PAYSTREAM_* of the
+            // environment the child inherits.
+            let serve_args = [
+                ("--store-cache-mib", args.store_cache_mib),
+                ("--facts-cache-mib", args.facts_cache_mib),
+                ("--projections-cache-mib", args.projections_cache_mib),
+            ]
+            .into_iter()
+            .flat_map(|(name, value)| [name.to_string(), value.to_string()])
+            .collect();
+            Target::Child(ChildServer { exe, data: data.clone(), serve_args })
+        }
+    };
+    let child = matches!(target, Target::Child(_));
+    let options = HttpBenchOptions {
+        clients,
+        duration: Duration::from_secs(args.seconds),
+        interval: Duration::from_secs(args.interval_seconds),
+        target,
+    };
+    let result = paystream_api::bench_http::run(options).await;
+    if child && temporary {
+        let _ = std::fs::remove_dir_all(&data);
+    }
+    println!("{}", result?);
+    Ok(())
 }
 
 /// jemalloc returns freed memory to the system (pages decay after ~10 s) and does not
@@ -279,22 +469,17 @@ async fn run(args: Args) -> Result<(), BoxError> {
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // `--help` and `--version` print and exit 0; a usage error prints and exits 2.
+    let cli = parse_command_line();
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("cannot start the runtime: {error}");
+            eprintln!("paystream: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("paystream: {error}");

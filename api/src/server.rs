@@ -1,6 +1,6 @@
-//! `paystream serve`: open the log, catch the facts up from their checkpoint,
-//! make sure an admin key exists, finish payments left pending, serve HTTP
-//! until SIGINT/SIGTERM, then drain, checkpoint and close.
+//! `paystream serve`: bind the address, open the log, catch the facts up from
+//! their checkpoint, make sure an admin key exists, finish payments left
+//! pending, serve HTTP until SIGINT/SIGTERM, then drain, checkpoint and close.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,8 @@ pub const PENDING_SWEEP_BATCH: usize = 1_000;
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub data: PathBuf,
-    pub listen: SocketAddr,
+    /// `HOST:PORT`: an IP address or a host name (`localhost:8080`); see [`bind`].
+    pub listen: String,
     pub tuning: Tuning,
 }
 
@@ -150,7 +151,7 @@ pub async fn open(data: &Path, tuning: &Tuning) -> Result<Opened, BoxError> {
     std::fs::create_dir_all(data)?;
     let store_dir = data.to_path_buf();
     let store_options = EmbeddedOptions {
-        cache_bytes: tuning.store_cache_mib * MIB,
+        cache_bytes: tuning.store_cache_mib.saturating_mul(MIB),
         idempotency_window: tuning.idempotency_window,
         ..EmbeddedOptions::default()
     };
@@ -245,7 +246,66 @@ async fn sweep_pending(services: Arc<Services>, pending_after: Duration) {
     }
 }
 
+/// Binds `listen` (`HOST:PORT`, an IP address or a host name such as
+/// `localhost:8080`). A name's IPv4 addresses are tried first (so `localhost`
+/// listens where clients of `127.0.0.1` connect), then its others, one at a
+/// time until one binds; an address in use or forbidden stops there (the server
+/// never moves to another address than the one asked for). The error names the
+/// address and says what to do.
+pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, BoxError> {
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(listen)
+        .await
+        .map_err(|error| {
+            format!(
+                "cannot listen on {listen}: cannot resolve it: {error} (give HOST:PORT, e.g. 127.0.0.1:8080 or \
+                 localhost:8080, with --listen)"
+            )
+        })?
+        .collect();
+    addrs.sort_by_key(|addr| !addr.is_ipv4());
+    let mut failure = None;
+    for addr in addrs {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(error) => {
+                // Someone has this address, or it is forbidden: said as it is, and no other
+                // address is tried.
+                let last = matches!(error.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied);
+                if last || failure.is_none() {
+                    failure = Some((addr, error));
+                }
+                if last {
+                    break;
+                }
+            }
+        }
+    }
+    let Some((addr, error)) = failure else {
+        return Err(
+            format!("cannot listen on {listen}: the name resolves to no address (give another with --listen)").into()
+        );
+    };
+    let shown = if addr.to_string() == listen { listen.to_string() } else { format!("{listen} ({addr})") };
+    let said = match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "address already in use (is another paystream running? choose another with --listen)".to_string()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges; choose another with --listen)".to_string()
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "address not available (not an address of this machine; choose another with --listen)".to_string()
+        }
+        _ => format!("{error} (choose another address with --listen)"),
+    };
+    Err(format!("cannot listen on {shown}: {said}").into())
+}
+
 pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
+    // The port first: a busy one fails before the data directory is created or
+    // opened, and before a first-start admin key is made (and shown once).
+    let listener = bind(&options.listen).await?;
+    let local = listener.local_addr()?;
     let Opened { services, store, projections, facts_follower } = open(&options.data, &options.tuning).await?;
     bootstrap_admin(&services).await?;
     let read_side = projections.start();
@@ -265,9 +325,17 @@ pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
             }
         }
     });
-    let listener = tokio::net::TcpListener::bind(options.listen).await?;
-    let local = listener.local_addr()?;
-    tracing::info!(address = %local, data = %options.data.display(), "paystream listening");
+    let tuning = &options.tuning;
+    tracing::info!(
+        address = %local,
+        data = %options.data.display(),
+        store_cache_mib = tuning.store_cache_mib,
+        facts_cache_mib = tuning.facts_cache_mib,
+        projections_cache_mib = tuning.projections_cache_mib,
+        idempotency_window_seconds = tuning.idempotency_window.as_secs(),
+        pending_after_seconds = tuning.pending_after.as_secs(),
+        "paystream listening"
+    );
     // A line tests and scripts can wait for.
     println!("listening on http://{local}");
     let router = app(AppState { services: Arc::clone(&services), projections: projections.clone() });

@@ -1,5 +1,7 @@
 //! The store's one error enum.
 
+use std::path::PathBuf;
+
 use crate::types::{AppendResult, ExpectedVersion, Position, StreamVersion};
 
 /// Everything an [`EventStore`](crate::EventStore) operation can fail with.
@@ -26,6 +28,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("event store is closed")]
     Closed,
+    /// Another process has the log of `dir` open: its index's file lock is held
+    /// (one process per data directory).
+    #[error("another process has the event log in {} open (its index is locked)", dir.display())]
+    Locked { dir: PathBuf },
 }
 
 /// Why an append was refused before it reached the log.

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fixtures;
+pub mod help;
 pub mod http;
 pub mod json;
 pub mod routes;

@@ -67,6 +67,20 @@ pub fn binary() -> &'static Path {
     })
 }
 
+/// The `paystream` binary as a command whose environment holds none of the test
+/// process's PAYSTREAM_* variables: every option is also read from one
+/// (`PAYSTREAM_DATA`, ...), and a developer's exported settings must not steer the
+/// servers under test.
+pub fn paystream_command() -> Command {
+    let mut command = Command::new(binary());
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|name| name.starts_with("PAYSTREAM_")) {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// A new, empty temporary directory for a server's data, removed on drop.
 ///
 /// Under `PAYSTREAM_TEST_TMPDIR` if set, else in `/dev/shm` where it exists
@@ -147,16 +161,32 @@ impl Server {
         }
     }
 
+    /// `paystream serve` with exactly `args` and, of the PAYSTREAM_* variables, exactly
+    /// `env` (those of the test process are not passed on): the command line's own tests.
+    /// `data` is where `args` or `env` put the data (kept after it stops). The admin
+    /// client uses `env`'s PAYSTREAM_ADMIN_KEY, if any.
+    pub fn start_command_line(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = paystream_command();
+        command.arg("serve").args(args).envs(env.iter().copied());
+        let admin_key = env.iter().find(|(name, _)| *name == "PAYSTREAM_ADMIN_KEY").map_or("", |(_, key)| key);
+        Server::launch(command, DataDir::Borrowed(data.to_path_buf()), admin_key)
+    }
+
     fn spawn(data: DataDir, log_level: &str, admin_key: &str, serve_args: &[&str]) -> Server {
-        let mut child = Command::new(binary())
+        let mut command = paystream_command();
+        command
             .arg("serve")
             .arg("--data")
             .arg(data.path())
             .args(["--listen", "127.0.0.1:0"])
             .args(serve_args)
             .env("PAYSTREAM_ADMIN_KEY", admin_key)
-            .env("PAYSTREAM_LOG", log_level)
-            .env_remove("PAYSTREAM_FINGERPRINT_KEY")
+            .env("PAYSTREAM_LOG", log_level);
+        Server::launch(command, data, admin_key)
+    }
+
+    fn launch(mut command: Command, data: DataDir, admin_key: &str) -> Server {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

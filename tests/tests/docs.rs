@@ -4,6 +4,10 @@
 //! timestamps, positions, keys and references excepted). Its sandbox table
 //! and endpoint table are checked against the server too.
 //!
+//! docs/operations.md's "Command line" section is what `paystream <command> --help`
+//! says: every command's options in order, each with its variable and default, and
+//! the variables that have no option.
+//!
 //! The doc is read the way a shell would run it, within a small subset:
 //! `export NAME=value` and `NAME=value` lines; `curl` commands (`-s`, `-X`,
 //! `-H`, `-d`), possibly piped into `jq -r` with simple paths (`.id`,
@@ -17,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use paystream_tests::help::{help_options, help_text, LEAF_COMMANDS};
 use paystream_tests::json::assert_json;
 use paystream_tests::routes::ROUTES;
 use paystream_tests::{Client, Request, Response, Server};
@@ -424,7 +429,7 @@ fn table(doc: &str, header: &[&str]) -> Vec<Vec<String>> {
             rows.push(cells);
         }
     }
-    assert!(!rows.is_empty(), "no table headed {header:?} in docs/api.md");
+    assert!(!rows.is_empty(), "no table headed {header:?}");
     rows
 }
 
@@ -498,4 +503,91 @@ fn the_endpoint_table_matches_the_server() {
     }
     let routes: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
     assert_eq!(documented, routes, "docs/api.md lists every route");
+}
+
+/// The `## Command line` section of docs/operations.md (other sections follow it).
+fn command_line_section() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md");
+    let doc = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let section: Vec<&str> = doc
+        .lines()
+        .skip_while(|line| line.trim() != "## Command line")
+        .enumerate()
+        .take_while(|(i, line)| *i == 0 || !line.starts_with("## "))
+        .map(|(_, line)| line)
+        .collect();
+    assert!(!section.is_empty(), "docs/operations.md has no `## Command line` section");
+    section.join("\n")
+}
+
+/// The option tables of the section, by command (the words after `paystream` in
+/// the `### ` heading above each).
+fn option_tables(section: &str) -> BTreeMap<String, Vec<Vec<String>>> {
+    let header = ["Option", "Variable", "Default", "Meaning"];
+    let mut tables: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+    let mut command: Option<String> = None;
+    let mut inside = false;
+    for line in section.lines().map(str::trim) {
+        if let Some(heading) = line.strip_prefix("### ") {
+            command = code_spans(heading).first().and_then(|c| c.strip_prefix("paystream ").map(str::to_string));
+            inside = false;
+            continue;
+        }
+        if !line.starts_with('|') {
+            inside = false;
+            continue;
+        }
+        let cells: Vec<String> = line.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect();
+        if cells == header {
+            let command = command.clone().expect("an option table under a `paystream ...` heading");
+            assert!(tables.insert(command.clone(), Vec::new()).is_none(), "two option tables for {command}");
+            inside = true;
+        } else if inside && !cells[0].starts_with("---") {
+            let command = command.as_ref().expect("inside a command's table");
+            tables.get_mut(command).expect("the table was started").push(cells);
+        }
+    }
+    tables
+}
+
+#[test]
+fn the_command_line_section_is_what_help_says() {
+    let section = command_line_section();
+    let tables = option_tables(&section);
+    for command in LEAF_COMMANDS {
+        let name = command.join(" ");
+        let rows =
+            tables.get(&name).unwrap_or_else(|| panic!("docs/operations.md: no option table for paystream {name}"));
+        let options = help_options(command);
+        let documented: Vec<String> = rows
+            .iter()
+            .map(|row| code_spans(&row[0]).first().and_then(|c| c.split_whitespace().next()).unwrap_or("").to_string())
+            .collect();
+        let helped: Vec<String> = options.iter().map(|o| o.long.clone()).collect();
+        assert_eq!(documented, helped, "the options of paystream {name}, in --help's order");
+        for (row, option) in rows.iter().zip(&options) {
+            assert_eq!(code_spans(&row[1]), Vec::from_iter(option.env.clone()), "variable of {name} {}", option.long);
+            // The default `--help` shows, if any, is the cell's (its backticks aside).
+            if let Some(default) = &option.default {
+                assert_eq!(row[2].replace('`', ""), *default, "default of {name} {}", option.long);
+            }
+            assert!(!row[3].is_empty(), "meaning of {name} {}", option.long);
+        }
+    }
+    assert_eq!(tables.len(), LEAF_COMMANDS.len(), "option tables for {:?}", tables.keys().collect::<Vec<_>>());
+
+    // The commands table names every command.
+    let commands: Vec<String> =
+        table(&section, &["Command", "What it does"]).iter().map(|row| code_spans(&row[0]).concat()).collect();
+    let expected: Vec<String> = LEAF_COMMANDS.iter().map(|c| format!("paystream {}", c.join(" "))).collect();
+    assert_eq!(commands, expected);
+
+    // The variables without an option, described by `serve --help` too.
+    let serve_help = help_text(&["serve"], "--help");
+    let variables: Vec<String> =
+        table(&section, &["Variable", "Default", "Meaning"]).iter().map(|row| code_spans(&row[0]).concat()).collect();
+    assert_eq!(variables, ["PAYSTREAM_ADMIN_KEY", "PAYSTREAM_FINGERPRINT_KEY", "PAYSTREAM_LOG"]);
+    for variable in &variables {
+        assert!(serve_help.contains(variable.as_str()), "serve --help describes {variable}");
+    }
 }

@@ -545,7 +545,7 @@ impl EmbeddedStore {
         // Read before anything is written: damage at or below it is never cut.
         let synced_file = watermark::read(&log_dir)
             .map_err(|e| StoreError::Corrupt { position: None, detail: format!("log/synced: {e}") })?;
-        let db = open_sled(&dir.join("index"), options.cache_bytes)?;
+        let db = open_sled(dir, options.cache_bytes)?;
         for old in OLD_TREE_NAMES {
             if db.tree_names().iter().any(|n| n.as_ref() == old.as_bytes()) {
                 tracing::info!(tree = old, "dropping the index of an earlier layout; it is rebuilt from the log");
@@ -763,10 +763,24 @@ impl EventStore for EmbeddedStore {
     }
 }
 
-/// Opens the log's sled index; see [`open_derived_db`].
-fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
-    let config = sled::Config::new().path(path).cache_capacity(cache_bytes);
-    Ok(open_derived_db(path, &config, "the log's index")?)
+/// Opens the log's sled index (`<dir>/index`); see [`open_derived_db`]. Its lock held
+/// by another process is [`StoreError::Locked`].
+fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let path = dir.join("index");
+    let config = sled::Config::new().path(&path).cache_capacity(cache_bytes);
+    open_derived_db(&path, &config, "the log's index").map_err(|err| {
+        if is_lock_error(&err) {
+            StoreError::Locked { dir: dir.to_path_buf() }
+        } else {
+            err.into()
+        }
+    })
+}
+
+/// Whether sled could not take a database's file lock: another process has it open.
+fn is_lock_error(err: &sled::Error) -> bool {
+    // sled reports it as `ErrorKind::Other` with this message (config.rs).
+    matches!(err, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 /// How long opening a sled database waits for its file lock to be released.
@@ -786,10 +800,7 @@ pub fn open_derived_db(path: &Path, config: &sled::Config, what: &str) -> sled::
     let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
     loop {
         match config.open() {
-            // sled reports it as `ErrorKind::Other` with this message (config.rs).
-            Err(sled::Error::Io(err))
-                if err.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-            {
+            Err(err) if is_lock_error(&err) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Err(sled::Error::Corruption { .. }) => {
