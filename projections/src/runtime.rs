@@ -1068,13 +1068,15 @@ impl Inner {
         };
         target.flush_every = if catching_up { self.config.rebuild_batch_events } else { self.config.batch_events };
         let mut moved = target.apply(batch)?;
-        if !moved
-            && !catching_up
-            && target.dirty()
-            && (target.last_flush.elapsed() >= LIVE_FLUSH_INTERVAL
-                || slot.wanted.load(Ordering::Acquire) > target.checkpoint)
-        {
+        // A new tree answers no query until its checkpoint reaches `building_until`:
+        // until then it is stored at once, as for a waiting reader.
+        let building = slot.building_until.load(Ordering::Acquire);
+        let asked = slot.wanted.load(Ordering::Acquire) > target.checkpoint || building != 0;
+        if !moved && !catching_up && target.dirty() && (asked || target.last_flush.elapsed() >= LIVE_FLUSH_INTERVAL) {
             moved = target.flush()?;
+        }
+        if building != UNTIL_UNKNOWN && building != 0 && target.checkpoint >= building {
+            slot.building_until.store(0, Ordering::Release);
         }
         if moved {
             slot.checkpoint.send_replace(target.checkpoint);
