@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{Body, Caller};
+use crate::extract::{Body, Caller, Fingerprint};
 use crate::state::AppState;
 use crate::views;
 
@@ -64,7 +64,7 @@ fn ok(body: Value) -> Reply {
 async fn run<A, T, Fut>(
     state: &AppState,
     caller: &Caller,
-    fingerprint: &str,
+    fingerprint: &Fingerprint,
     status: StatusCode,
     exec: impl FnOnce(RequestMeta) -> Fut,
     fresh: impl FnOnce(T) -> Result<Value, ApiError>,
@@ -74,13 +74,13 @@ where
     A: Aggregate,
     Fut: Future<Output = Result<T, CommandError>>,
 {
-    let meta = caller.meta(fingerprint);
+    let meta = caller.meta(&fingerprint.canonical);
     let bus = &state.services.bus;
     let Some(key) = meta.idempotency_key.clone() else {
         return Ok(Reply { status, body: fresh(exec(meta).await?)?, replayed: false });
     };
     let _guard = bus.idempotency_guard(&key).await;
-    if let Some(replay) = bus.find_replay(&key, fingerprint).await? {
+    if let Some(replay) = bus.find_replay(&key, &fingerprint.candidates()).await? {
         let body = replayed(bus.replay::<A>(&replay).await?, replay.correlation_id).await?;
         return Ok(Reply { status, body, replayed: true });
     }
@@ -88,7 +88,7 @@ where
         Ok(output) => Ok(Reply { status, body: fresh(output)?, replayed: false }),
         // Another node won the race for this key: replay its response.
         Err(CommandError::Store(StoreError::DuplicateIdempotencyKey { .. })) => {
-            let replay = bus.find_replay(&key, fingerprint).await?.ok_or_else(ApiError::internal)?;
+            let replay = bus.find_replay(&key, &fingerprint.candidates()).await?.ok_or_else(ApiError::internal)?;
             let body = replayed(bus.replay::<A>(&replay).await?, replay.correlation_id).await?;
             Ok(Reply { status, body, replayed: true })
         }
@@ -189,7 +189,7 @@ async fn change_merchant(
     state: &AppState,
     caller: &Caller,
     id: &str,
-    fingerprint: &str,
+    fingerprint: &Fingerprint,
     command: impl Fn(paystream_domain::time::Timestamp) -> MerchantCommand,
 ) -> Result<Reply, ApiError> {
     caller.require(ADMIN)?;
@@ -357,7 +357,7 @@ pub async fn create_payment(State(state): State<AppState>, caller: Caller, body:
     };
     let services = &state.services;
     let method = input.method.clone();
-    let resume_meta = caller.meta(&body.fingerprint).followup();
+    let resume_meta = caller.meta(&body.fingerprint.canonical).followup();
     run(
         &state,
         &caller,
@@ -453,7 +453,7 @@ async fn act_on_payment(
     caller: &Caller,
     access: Access,
     id: &str,
-    fingerprint: &str,
+    fingerprint: &Fingerprint,
     exec: impl AsyncFnOnce(&RequestMeta, PaymentId) -> Result<Executed<PaymentAggregate>, CommandError>,
     render: impl Fn(Executed<PaymentAggregate>) -> Result<Value, ApiError> + Copy,
 ) -> Result<Reply, ApiError> {
