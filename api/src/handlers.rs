@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use paystream_commands::bus::Executed;
 use paystream_commands::facts::KeyRecord;
@@ -27,6 +27,9 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{Body, Caller, Fingerprint};
+use crate::list::{respond_list, List};
+use crate::query::{Params, QueryString, Spec};
+use crate::read::rows_to_csv;
 use crate::state::AppState;
 use crate::views;
 
@@ -404,20 +407,33 @@ pub async fn get_payment(
     Ok(ok(views::payment(&payment, position)))
 }
 
+/// Events per page of a payment's history by default, and at most.
+const DEFAULT_EVENT_PAGE: usize = 100;
+const MAX_EVENT_PAGE: usize = 1_000;
+const EVENT_PARAMS: Spec = Spec { single: &["limit", "starting_after"], multi: &[], min_position: false };
+
+/// The payment's events in log order, a page at a time: the cursor is the
+/// position of the page's last event.
 pub async fn payment_events(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Reply, ApiError> {
+    query: QueryString,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     caller.require(READERS)?;
     let (payment, _) = visible_payment(&state, &caller, &id).await?;
+    let params = Params::new(query, &EVENT_PARAMS)?;
+    let limit = params.limit(DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)?;
+    let after: u64 = params.parse("starting_after", "the previous page's next_cursor")?.unwrap_or(0);
     let stream = paystream_commands::stream_id::<PaymentAggregate>(payment.id.as_uuid());
     let events = state.services.bus.read_stream(&stream).await?;
-    Ok(ok(json!({
-        "object": "list",
-        "data": events.iter().map(views::recorded_event).collect::<Vec<_>>(),
-        "has_more": false,
-    })))
+    let mut rest = events.iter().filter(|e| e.position > after);
+    let data: Vec<Value> = rest.by_ref().take(limit).map(views::recorded_event).collect();
+    let more = rest.next().is_some();
+    let next_cursor = data.last().filter(|_| more).map(|e| e["position"].to_string());
+    let list = List::page(data, next_cursor);
+    respond_list(&headers, &list, &list, |out| rows_to_csv(&list.data, out))
 }
 
 #[derive(Debug, Deserialize)]

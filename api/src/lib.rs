@@ -10,6 +10,8 @@ pub mod bench_http;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod list;
+pub mod query;
 pub mod read;
 pub mod routes;
 pub mod server;

@@ -855,6 +855,16 @@ impl Projections {
         self.read(ProjectionName::PlatformOverview, |tree| overview::query(tree, query))
     }
 
+    /// The ids of onboarded merchants, newest first, before `before`: at most
+    /// `limit`, and whether more follow (from the platform overview's merchant records).
+    pub fn merchant_ids(
+        &self,
+        before: Option<paystream_domain::id::MerchantId>,
+        limit: usize,
+    ) -> Result<(Vec<paystream_domain::id::MerchantId>, bool), ProjectionError> {
+        self.read(ProjectionName::PlatformOverview, |tree| overview::merchant_ids(tree, before, limit))
+    }
+
     pub fn ledger_accounts(
         &self,
         currency: Option<paystream_domain::Currency>,

@@ -6,6 +6,7 @@
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("POST", "/v1/merchants"),
+    ("GET", "/v1/merchants"),
     ("GET", "/v1/merchants/{id}"),
     ("POST", "/v1/merchants/{id}/suspend"),
     ("POST", "/v1/merchants/{id}/reactivate"),
