@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use paystream_projections::ProjectionError;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 
@@ -16,20 +17,20 @@ use crate::error::ApiError;
 pub const NEXT_CURSOR_HEADER: &str = "paystream-next-cursor";
 
 /// The `object` of every list: always `"list"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ListObject {
     List,
 }
 
 /// A page of a list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct List<T> {
     pub object: ListObject,
     pub data: Vec<T>,
     /// Whether a next page exists (then `next_cursor` is set).
     pub has_more: bool,
-    /// Pass as `starting_after` for the next page; `null` on the last page.
+    /// Opaque: pass as `starting_after` for the next page; `null` exactly when `has_more` is `false`.
     pub next_cursor: Option<String>,
 }
 

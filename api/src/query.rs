@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use utoipa::openapi::path::ParameterIn;
+use utoipa::IntoParams;
 
 use crate::error::ApiError;
 
@@ -26,12 +28,34 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryString {
     }
 }
 
-/// Which parameters an endpoint takes, and which of them are lists.
+/// Which parameters an endpoint takes, and which of them are lists: read from
+/// the endpoint's documented parameters ([`Spec::of`]), so an endpoint accepts
+/// exactly what its OpenAPI document lists.
+#[derive(Debug, Clone, Default)]
 pub struct Spec {
-    pub single: &'static [&'static str],
-    pub multi: &'static [&'static str],
-    /// Whether it takes `min_position` (every read of a projection does).
-    pub min_position: bool,
+    pub single: Vec<String>,
+    pub multi: Vec<String>,
+}
+
+impl Spec {
+    /// The query parameters `P` documents: an array-typed one takes several values.
+    pub fn of<P: IntoParams>() -> Spec {
+        let mut spec = Spec::default();
+        for parameter in P::into_params(|| Some(ParameterIn::Query)) {
+            let schema = serde_json::to_value(&parameter.schema).unwrap_or_default();
+            let is_array = match &schema["type"] {
+                serde_json::Value::String(kind) => kind == "array",
+                serde_json::Value::Array(kinds) => kinds.iter().any(|k| k == "array"),
+                _ => false,
+            };
+            if is_array {
+                spec.multi.push(parameter.name);
+            } else {
+                spec.single.push(parameter.name);
+            }
+        }
+        spec
+    }
 }
 
 /// The parameters of one request, checked against its endpoint's [`Spec`].
@@ -40,9 +64,8 @@ pub struct Params(Vec<(String, String)>);
 impl Params {
     pub fn new(QueryString(raw): QueryString, spec: &Spec) -> Result<Params, ApiError> {
         for (i, (name, _)) in raw.iter().enumerate() {
-            let multi = spec.multi.contains(&name.as_str());
-            let known = spec.single.contains(&name.as_str()) || (spec.min_position && name == "min_position");
-            if !multi && !known {
+            let multi = spec.multi.contains(name);
+            if !multi && !spec.single.contains(name) {
                 return Err(ApiError::invalid(
                     "unknown_parameter",
                     format!("unknown query parameter {name}"),

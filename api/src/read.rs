@@ -5,6 +5,7 @@
 //! and every list answers CSV for `Accept: text/csv`.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -17,18 +18,25 @@ use paystream_domain::time::Timestamp;
 use paystream_domain::Currency;
 use paystream_projections::csv::CsvWriter;
 use paystream_projections::dashboard::DashboardQuery;
+use paystream_projections::dashboard::DashboardReport;
+use paystream_projections::ledger::{AccountBalance, JournalEntry, TrialBalance};
 use paystream_projections::overview::{Dimension, OverviewQuery};
+use paystream_projections::search::PaymentSummary;
 use paystream_projections::search::{write_csv, SearchQuery, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-use paystream_projections::{dashboard, ledger, overview, ProjectionError, ProjectionName};
+use paystream_projections::{dashboard, ledger, overview, ProjectionError, ProjectionName, ProjectionStatus};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::list::{respond, respond_list, List};
+use crate::openapi::{
+    AccountParams, AlreadyRebuilding, DashboardParams, IdempotencyKey, JournalParams, Lagging, MerchantListParams,
+    NoParams, NotFound, OverviewParams, ReadErrors, SearchParams, TrialBalanceParams,
+};
 use crate::query::{Params, QueryString, Spec};
 use crate::state::AppState;
-use crate::views;
+use crate::views::{self, MerchantView, ProjectionRebuildView};
 
 const ANALYSTS: &[Role] = &[Role::Admin, Role::Analyst];
 const DASHBOARD_READERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Merchant];
@@ -48,20 +56,15 @@ const DEFAULT_JOURNAL_PAGE: usize = 100;
 const DEFAULT_MERCHANT_PAGE: usize = 20;
 const MAX_MERCHANT_PAGE: usize = 100;
 
-/// No query parameter at all (the projections' status and rebuild).
-const NO_PARAMS: Spec = Spec { single: &[], multi: &[], min_position: false };
-const TRIAL_BALANCE_PARAMS: Spec = Spec { single: &[], multi: &[], min_position: true };
-const DASHBOARD_PARAMS: Spec = Spec { single: &["from", "to", "currency"], multi: &[], min_position: true };
-const SEARCH_PARAMS: Spec = Spec {
-    single: &["from", "to", "min_amount", "max_amount", "customer", "limit", "starting_after", "merchant_id"],
-    multi: &["status", "method", "currency"],
-    min_position: true,
-};
-const OVERVIEW_PARAMS: Spec =
-    Spec { single: &["from", "to", "merchant_id"], multi: &["group_by", "currency"], min_position: true };
-const ACCOUNTS_PARAMS: Spec = Spec { single: &[], multi: &["currency"], min_position: true };
-const JOURNAL_PARAMS: Spec = Spec { single: &["after", "starting_after", "limit"], multi: &[], min_position: true };
-const MERCHANTS_PARAMS: Spec = Spec { single: &["limit", "starting_after"], multi: &[], min_position: true };
+/// The query parameters each read takes: those its OpenAPI parameter type documents.
+static NO_PARAMS: LazyLock<Spec> = LazyLock::new(Spec::of::<NoParams>);
+static TRIAL_BALANCE_PARAMS: LazyLock<Spec> = LazyLock::new(Spec::of::<TrialBalanceParams>);
+static DASHBOARD_PARAMS: LazyLock<Spec> = LazyLock::new(Spec::of::<DashboardParams>);
+static SEARCH_PARAMS: LazyLock<Spec> = LazyLock::new(Spec::of::<SearchParams>);
+static OVERVIEW_PARAMS: LazyLock<Spec> = LazyLock::new(Spec::of::<OverviewParams>);
+static ACCOUNTS_PARAMS: LazyLock<Spec> = LazyLock::new(Spec::of::<AccountParams>);
+static JOURNAL_PARAMS: LazyLock<Spec> = LazyLock::new(Spec::of::<JournalParams>);
+static MERCHANTS_PARAMS: LazyLock<Spec> = LazyLock::new(Spec::of::<MerchantListParams>);
 
 fn date(params: &Params, name: &'static str) -> Result<Option<time::Date>, ApiError> {
     params.text(name).map(|v| parse_date(v).ok_or_else(|| bad_date(name))).transpose()
@@ -176,6 +179,16 @@ fn merchant_id(raw: &str) -> Result<MerchantId, ApiError> {
 
 // ---------------------------------------------------------------- handlers
 
+#[utoipa::path(
+    get, path = "/v1/projections", operation_id = "listProjections", tag = "projections",
+    summary = "Projections: checkpoint, head, lag, state", description = "Roles: admin, analyst.",
+    params(NoParams), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every projection's status (one page)",
+            content((List<ProjectionStatus> = "application/json"), (String = "text/csv")), headers(("Paystream-Next-Cursor" = String, description = "The next page's cursor, as `next_cursor`; absent on the last page"))),
+        ReadErrors,
+    ),
+)]
 pub async fn projections_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -188,6 +201,17 @@ pub async fn projections_status(
     respond_list(&headers, &list, &list, |out| rows_to_csv(&list.data, out))
 }
 
+#[utoipa::path(
+    post, path = "/v1/projections/{name}/rebuild", operation_id = "rebuildProjection", tag = "projections",
+    summary = "Rebuild a projection into a new version in the background; switch once caught up",
+    description = "Roles: admin.",
+    params(("name" = ProjectionName, Path, description = "The projection"), IdempotencyKey, NoParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The rebuild started", body = ProjectionRebuildView),
+        ReadErrors, NotFound, AlreadyRebuilding,
+    ),
+)]
 pub async fn rebuild_projection(
     State(state): State<AppState>,
     caller: Caller,
@@ -210,10 +234,26 @@ pub async fn rebuild_projection(
     });
     let status = state.projections.status().await?;
     let mine = status.into_iter().find(|s| s.name == name);
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({"object": "projection_rebuild", "projection": name, "status": mine})))
-        .into_response())
+    let body = ProjectionRebuildView {
+        object: views::ProjectionRebuildObject::ProjectionRebuild,
+        projection: name,
+        status: mine,
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/merchants/{id}/dashboard", operation_id = "getMerchantDashboard", tag = "reads",
+    summary = "A merchant's dashboard by UTC day and currency (from, to, currency)",
+    description = "Roles: admin, analyst, merchant (own).",
+    params(("id" = MerchantId, Path, description = "The merchant"), DashboardParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Per day and currency, totals and balances (CSV: one line per day and currency)",
+            content((DashboardReport = "application/json"), (String = "text/csv"))),
+        ReadErrors, NotFound, Lagging,
+    ),
+)]
 pub async fn merchant_dashboard(
     State(state): State<AppState>,
     caller: Caller,
@@ -239,6 +279,17 @@ fn payment_status(text: &str) -> Option<PaymentStatus> {
     serde_json::from_value(json!(text)).ok()
 }
 
+#[utoipa::path(
+    get, path = "/v1/payments", operation_id = "searchPayments", tag = "reads",
+    summary = "Search payments, newest first (cursor pagination; CSV with Accept: text/csv)",
+    description = "Roles: admin, analyst, auditor, merchant (own only).",
+    params(SearchParams), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of payments",
+            content((List<PaymentSummary> = "application/json"), (String = "text/csv")), headers(("Paystream-Next-Cursor" = String, description = "The next page's cursor, as `next_cursor`; absent on the last page"))),
+        ReadErrors, Lagging,
+    ),
+)]
 pub async fn search_payments(
     State(state): State<AppState>,
     caller: Caller,
@@ -278,16 +329,31 @@ pub async fn search_payments(
     respond_list(&headers, &list, &list, |out| write_csv(&list.data, out))
 }
 
-/// The overview: a list of rows, with the range and the dimensions it was grouped by.
-#[derive(Debug, Serialize)]
+/// The overview: a list of rows (one page), with the range and the dimensions it
+/// was grouped by.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OverviewList {
     #[serde(flatten)]
     pub list: List<overview::OverviewRow>,
+    /// First UTC day (`YYYY-MM-DD`).
     pub from: String,
+    /// Last UTC day, included.
     pub to: String,
+    /// The dimensions of each row (`currency` always among them).
     pub group_by: Vec<Dimension>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/analytics/overview", operation_id = "getAnalyticsOverview", tag = "reads",
+    summary = "Platform totals grouped by day, merchant, tier, method and currency",
+    description = "Roles: admin, analyst.",
+    params(OverviewParams), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The groups (one page)",
+            content((OverviewList = "application/json"), (String = "text/csv")), headers(("Paystream-Next-Cursor" = String, description = "The next page's cursor, as `next_cursor`; absent on the last page"))),
+        ReadErrors, Lagging,
+    ),
+)]
 pub async fn analytics_overview(
     State(state): State<AppState>,
     caller: Caller,
@@ -312,6 +378,16 @@ pub async fn analytics_overview(
     })
 }
 
+#[utoipa::path(
+    get, path = "/v1/ledger/accounts", operation_id = "listLedgerAccounts", tag = "reads",
+    summary = "Ledger account balances per currency", description = "Roles: admin, analyst.",
+    params(AccountParams), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every account posted to, by currency then account (one page)",
+            content((List<AccountBalance> = "application/json"), (String = "text/csv")), headers(("Paystream-Next-Cursor" = String, description = "The next page's cursor, as `next_cursor`; absent on the last page"))),
+        ReadErrors, Lagging,
+    ),
+)]
 pub async fn ledger_accounts(
     State(state): State<AppState>,
     caller: Caller,
@@ -328,6 +404,16 @@ pub async fn ledger_accounts(
     respond_list(&headers, &list, &list, |out| ledger::write_accounts_csv(&list.data, out))
 }
 
+#[utoipa::path(
+    get, path = "/v1/ledger/trial_balance", operation_id = "getTrialBalance", tag = "reads",
+    summary = "Trial balance: sums to zero in every currency", description = "Roles: admin, analyst.",
+    params(TrialBalanceParams), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Debits and credits per currency (CSV: one line per account and currency)",
+            content((TrialBalance = "application/json"), (String = "text/csv"))),
+        ReadErrors, Lagging,
+    ),
+)]
 pub async fn trial_balance(
     State(state): State<AppState>,
     caller: Caller,
@@ -342,6 +428,16 @@ pub async fn trial_balance(
     respond(&headers, &balance, |out| ledger::write_accounts_csv(&accounts, out))
 }
 
+#[utoipa::path(
+    get, path = "/v1/ledger/journal", operation_id = "listJournalEntries", tag = "reads",
+    summary = "Journal entries in log order (starting_after, limit)", description = "Roles: admin, analyst, auditor.",
+    params(JournalParams), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of journal entries (CSV: one line per journal line)",
+            content((List<JournalEntry> = "application/json"), (String = "text/csv")), headers(("Paystream-Next-Cursor" = String, description = "The next page's cursor, as `next_cursor`; absent on the last page"))),
+        ReadErrors, Lagging,
+    ),
+)]
 pub async fn ledger_journal(
     State(state): State<AppState>,
     caller: Caller,
@@ -367,6 +463,17 @@ pub async fn ledger_journal(
     respond_list(&headers, &list, &list, |out| ledger::write_journal_csv(&list.data, out))
 }
 
+#[utoipa::path(
+    get, path = "/v1/merchants", operation_id = "listMerchants", tag = "merchants",
+    summary = "List merchants, newest first (cursor pagination; CSV with Accept: text/csv)",
+    description = "Roles: admin, analyst, auditor.",
+    params(MerchantListParams), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of merchants",
+            content((List<MerchantView> = "application/json"), (String = "text/csv")), headers(("Paystream-Next-Cursor" = String, description = "The next page's cursor, as `next_cursor`; absent on the last page"))),
+        ReadErrors, Lagging,
+    ),
+)]
 pub async fn list_merchants(
     State(state): State<AppState>,
     caller: Caller,
@@ -380,7 +487,7 @@ pub async fn list_merchants(
         params.parse("starting_after", "the previous page's next_cursor (a merchant id)")?;
     wait(&state, &[ProjectionName::PlatformOverview], &params).await?;
     let (ids, more) = state.projections.merchant_ids(after, limit)?;
-    let mut data = Vec::with_capacity(ids.len());
+    let mut data: Vec<MerchantView> = Vec::with_capacity(ids.len());
     for id in &ids {
         let loaded = state.services.bus.load::<MerchantAggregate>(id.as_uuid()).await?;
         let merchant = loaded.state.ok_or_else(|| {

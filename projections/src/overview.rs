@@ -222,6 +222,7 @@ fn method_name(index: u8) -> &'static str {
 /// A dimension to sum along.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Dimension {
     Day,
     Merchant,
@@ -263,6 +264,7 @@ pub struct OverviewQuery {
 
 /// One group. Dimensions not grouped by are left out of the JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OverviewRow {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub date: Option<String>,

@@ -220,6 +220,7 @@ struct Meta {
 /// What a projection is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProjectionState {
     /// Kept current by the follower.
     Running,
@@ -236,21 +237,26 @@ pub enum ProjectionState {
 
 /// Progress of a rebuild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RebuildProgress {
     pub version: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub checkpoint: Position,
     pub lag: u64,
 }
 
-/// One line of [`Projections::status`].
+/// One projection's status (a line of [`Projections::status`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectionStatus {
     pub name: ProjectionName,
     /// The version queries read (raised by each rebuild).
     pub version: u64,
     /// Layout version of the model's code.
     pub schema: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub checkpoint: Position,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub head: Position,
     /// head − checkpoint.
     pub lag: u64,

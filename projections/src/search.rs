@@ -67,6 +67,7 @@ const NAME: ProjectionName = ProjectionName::PaymentSearch;
 /// capture mode carry the names of the payment object of the HTTP API (`amount`,
 /// `amount_captured`, `fees`, `capture`, ...), in JSON and CSV alike.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PaymentSummary {
     pub id: PaymentId,
     pub merchant_id: MerchantId,

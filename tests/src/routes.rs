@@ -32,4 +32,5 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/projections"),
     ("POST", "/v1/projections/{name}/rebuild"),
     ("GET", "/v1/openapi.json"),
+    ("GET", "/openapi.json"),
 ];

@@ -88,6 +88,7 @@ const MATRIX: &[Row] = &[
     Row { method: "GET",    path: "/v1/projections",                      expect: [200, 403, 403, 200, 403, 401, 401] },
     Row { method: "POST",   path: "/v1/projections/{name}/rebuild",       expect: [202, 403, 403, 403, 403, 401, 401] },
     Row { method: "GET",    path: "/v1/openapi.json",                     expect: [200, 200, 200, 200, 200, 200, 200] },
+    Row { method: "GET",    path: "/openapi.json",                        expect: [200, 200, 200, 200, 200, 200, 200] },
 ];
 
 /// Whether a successful call of `row` appends to the log. A rebuild
@@ -130,7 +131,7 @@ fn target(world: &World, row: &Row) -> Target {
     };
     let mut payment = None;
     let (path, body) = match row.path {
-        "/healthz" | "/v1/openapi.json" => (row.path.to_string(), None),
+        "/healthz" | "/v1/openapi.json" | "/openapi.json" => (row.path.to_string(), None),
         "/v1/merchants" if row.method == "POST" => (row.path.to_string(), Some(merchant_body("Matrix New", "C"))),
         "/v1/merchants" => (format!("/v1/merchants?min_position={}", admin.head_position()), None),
         "/v1/merchants/{id}" => (merchant_path, None),
