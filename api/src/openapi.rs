@@ -115,6 +115,7 @@ pub fn document() -> &'static Value {
         });
         if let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) {
             for operation in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|o| o.values_mut()) {
+                optional_body_is_an_object(operation);
                 let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else {
                     continue;
                 };
@@ -125,6 +126,21 @@ pub fn document() -> &'static Value {
         }
         document
     })
+}
+
+/// An optional body (`request_body(content = Option<T>)`) may be left out, but
+/// when sent it is an object: its schema is `T`, not "`T` or `null`".
+fn optional_body_is_an_object(operation: &mut Value) {
+    let Some(content) = operation.pointer_mut("/requestBody/content/application~1json") else {
+        return;
+    };
+    let one_of = content["schema"]["oneOf"].as_array().cloned().unwrap_or_default();
+    if let [null, schema] = one_of.as_slice() {
+        if null["type"] == "null" {
+            content["schema"] = schema.clone();
+            operation["requestBody"]["required"] = Value::Bool(false);
+        }
+    }
 }
 
 /// The OpenAPI 3.1 document of this API.
