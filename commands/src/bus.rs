@@ -312,8 +312,9 @@ impl CommandBus {
     }
 
     /// The earlier request that used `key`: `Ok(None)` if none; an error if
-    /// it came with another fingerprint.
-    pub async fn find_replay(&self, key: &str, fingerprint: &str) -> Result<Option<Replay>, CommandError> {
+    /// it came with a fingerprint other than those of `fingerprints` (the
+    /// request's current fingerprint, and any older form of it).
+    pub async fn find_replay(&self, key: &str, fingerprints: &[&str]) -> Result<Option<Replay>, CommandError> {
         let Some(existing) = self.store.find_idempotent(key).await? else {
             return Ok(None);
         };
@@ -325,7 +326,7 @@ impl CommandBus {
             }
             .into());
         };
-        if first.metadata.request_fingerprint.as_deref() != Some(fingerprint) {
+        if !first.metadata.request_fingerprint.as_deref().is_some_and(|stored| fingerprints.contains(&stored)) {
             return Err(CommandError::IdempotencyKeyReused);
         }
         let correlation_id = first.metadata.correlation_id.ok_or_else(|| CommandError::Decode {

@@ -229,6 +229,7 @@ struct Meta {
 /// What a projection is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProjectionState {
     /// Kept current by the follower.
     Running,
@@ -245,21 +246,26 @@ pub enum ProjectionState {
 
 /// Progress of a rebuild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RebuildProgress {
     pub version: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub checkpoint: Position,
     pub lag: u64,
 }
 
-/// One line of [`Projections::status`].
+/// One projection's status (a line of [`Projections::status`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectionStatus {
     pub name: ProjectionName,
     /// The version queries read (raised by each rebuild).
     pub version: u64,
     /// Layout version of the model's code.
     pub schema: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub checkpoint: Position,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub head: Position,
     /// head − checkpoint.
     pub lag: u64,
@@ -889,6 +895,16 @@ impl Projections {
 
     pub fn overview(&self, query: &OverviewQuery) -> Result<OverviewReport, ProjectionError> {
         self.read(ProjectionName::PlatformOverview, |tree| overview::query(tree, query))
+    }
+
+    /// The ids of onboarded merchants, newest first, before `before`: at most
+    /// `limit`, and whether more follow (from the platform overview's merchant records).
+    pub fn merchant_ids(
+        &self,
+        before: Option<paystream_domain::id::MerchantId>,
+        limit: usize,
+    ) -> Result<(Vec<paystream_domain::id::MerchantId>, bool), ProjectionError> {
+        self.read(ProjectionName::PlatformOverview, |tree| overview::merchant_ids(tree, before, limit))
     }
 
     pub fn ledger_accounts(
