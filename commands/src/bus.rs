@@ -162,15 +162,6 @@ pub struct CommandBus {
     states: Mutex<StateCache>,
 }
 
-/// Where [`CommandBus::execute_from`] starts.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Start {
-    /// The cached state if any, else the log's.
-    Known,
-    /// An empty stream (its id was just minted).
-    New,
-}
-
 impl CommandBus {
     pub fn new(store: Arc<dyn EventStore>, context: Context) -> CommandBus {
         CommandBus { store, context, in_flight: Mutex::new(HashMap::new()), states: Mutex::default() }
@@ -226,34 +217,6 @@ impl CommandBus {
         &self,
         id: &Uuid,
         meta: &RequestMeta,
-        command: impl FnMut(&A::State) -> Result<A::Command, CommandError>,
-    ) -> Result<Executed<A>, CommandError>
-    where
-        A::State: Send + Sync + 'static,
-    {
-        self.execute_from::<A>(Start::Known, id, meta, command).await
-    }
-
-    /// [`execute`](Self::execute) on a stream whose id was just minted: the first
-    /// attempt decides on the empty state without reading the log (the append
-    /// expects no stream, so an existing one is a conflict, decided again on it).
-    pub async fn create<A: Aggregate>(
-        &self,
-        id: &Uuid,
-        meta: &RequestMeta,
-        command: impl FnMut(&A::State) -> Result<A::Command, CommandError>,
-    ) -> Result<Executed<A>, CommandError>
-    where
-        A::State: Send + Sync + 'static,
-    {
-        self.execute_from::<A>(Start::New, id, meta, command).await
-    }
-
-    async fn execute_from<A: Aggregate>(
-        &self,
-        mut start: Start,
-        id: &Uuid,
-        meta: &RequestMeta,
         mut command: impl FnMut(&A::State) -> Result<A::Command, CommandError>,
     ) -> Result<Executed<A>, CommandError>
     where
@@ -261,40 +224,75 @@ impl CommandBus {
     {
         let stream = stream_id::<A>(id);
         for _ in 0..MAX_CONFLICT_ATTEMPTS {
-            let (state, version) = match start {
-                Start::New => (A::State::default(), 0),
-                Start::Known => match self.cached::<A>(&stream) {
-                    Some((state, version)) => (state, version),
-                    None => {
-                        let loaded = self.load::<A>(id).await?;
-                        (loaded.state, loaded.version)
-                    }
-                },
+            let (state, version) = match self.cached::<A>(&stream) {
+                Some(cached) => cached,
+                None => {
+                    let loaded = self.load::<A>(id).await?;
+                    (loaded.state, loaded.version)
+                }
             };
-            start = Start::Known;
-            let events = A::decide(&state, command(&state)?, &self.context)?;
-            debug_assert!(!events.is_empty(), "decide returned no events and no error");
-            let new_events = events
-                .iter()
-                .enumerate()
-                .map(|(i, event)| encode(event, meta.metadata(i == 0)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
-            match self.store.append(&stream, expected, new_events).await {
-                Ok(AppendResult { first_position, last_position, last_version, .. }) => {
-                    let state = events.iter().fold(state, |s, e| A::evolve(s, e));
-                    self.states().put(&stream, last_version, state.clone());
-                    let events = events.into_iter().zip(first_position..=last_position).collect();
-                    return Ok(Executed { state, events, position: last_position });
-                }
-                Err(StoreError::WrongExpectedVersion { .. }) => {
-                    self.states().forget(&stream);
-                    continue;
-                }
-                Err(error) => return Err(error.into()),
+            let command = command(&state)?;
+            if let Some(executed) = self.decide_and_append::<A>(&stream, state, version, command, meta).await? {
+                return Ok(executed);
             }
         }
         Err(CommandError::Conflict { stream_id: stream, attempts: MAX_CONFLICT_ATTEMPTS })
+    }
+
+    /// Decides `command` on the empty state of a stream whose id was just minted,
+    /// without reading the log, and appends expecting no stream: an existing one
+    /// (an id minted twice) is a conflict, not retried.
+    pub async fn create<A: Aggregate>(
+        &self,
+        id: &Uuid,
+        meta: &RequestMeta,
+        command: A::Command,
+    ) -> Result<Executed<A>, CommandError>
+    where
+        A::State: Send + Sync + 'static,
+    {
+        let stream = stream_id::<A>(id);
+        match self.decide_and_append::<A>(&stream, A::State::default(), 0, command, meta).await? {
+            Some(executed) => Ok(executed),
+            None => Err(CommandError::Conflict { stream_id: stream, attempts: 1 }),
+        }
+    }
+
+    /// Decides `command` on `state` (the stream at `version`) and appends the events
+    /// expecting that version; `None` if the stream has moved on (its cached state
+    /// is dropped). Keeps the new state in the state cache.
+    async fn decide_and_append<A: Aggregate>(
+        &self,
+        stream: &str,
+        state: A::State,
+        version: StreamVersion,
+        command: A::Command,
+        meta: &RequestMeta,
+    ) -> Result<Option<Executed<A>>, CommandError>
+    where
+        A::State: Send + Sync + 'static,
+    {
+        let events = A::decide(&state, command, &self.context)?;
+        debug_assert!(!events.is_empty(), "decide returned no events and no error");
+        let new_events = events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| encode(event, meta.metadata(i == 0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
+        match self.store.append(stream, expected, new_events).await {
+            Ok(AppendResult { first_position, last_position, last_version, .. }) => {
+                let state = events.iter().fold(state, |s, e| A::evolve(s, e));
+                self.states().put(stream, last_version, state.clone());
+                let events = events.into_iter().zip(first_position..=last_position).collect();
+                Ok(Some(Executed { state, events, position: last_position }))
+            }
+            Err(StoreError::WrongExpectedVersion { .. }) => {
+                self.states().forget(stream);
+                Ok(None)
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Serialises requests that carry the same idempotency key inside this

@@ -1125,25 +1125,6 @@ impl Inner {
         kept
     }
 
-    /// Stores what the follower's kept targets applied but did not flush yet.
-    fn flush_kept(&self, kept: Vec<Option<Target>>) {
-        for (index, target) in kept.into_iter().enumerate() {
-            let Some(mut target) = target else { continue };
-            let slot = &self.slots[index];
-            let _write = slot.write.blocking_lock();
-            if target.tree.name() != slot.active().tree.name() {
-                continue;
-            }
-            match target.flush() {
-                Ok(true) => {
-                    slot.checkpoint.send_replace(target.checkpoint);
-                }
-                Ok(false) => {}
-                Err(error) => self.fail(index, &error),
-            }
-        }
-    }
-
     fn lowest_live_checkpoint(&self) -> Option<Position> {
         self.slots.iter().filter(|s| !s.failed()).map(|s| *s.checkpoint.borrow()).min()
     }
@@ -1226,7 +1207,7 @@ async fn follow(inner: Arc<Inner>) {
         // store what the kept sets hold and start the next round with fresh ones.
         let held = std::mem::replace(&mut kept, (0..inner.slots.len()).map(|_| None).collect());
         let flushing = Arc::clone(&inner);
-        if let Err(error) = tokio::task::spawn_blocking(move || flushing.flush_kept(held)).await {
+        if let Err(error) = tokio::task::spawn_blocking(move || drop(flushing.flush_dirty(held))).await {
             tracing::error!(%error, "projection follower: flushing its working sets failed");
         }
         match join_reader(reader).await {
