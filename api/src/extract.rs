@@ -65,12 +65,14 @@ impl Caller {
     }
 
     /// Metadata for the events this request writes. `fingerprint` is the
-    /// hash of method, path and the canonical body ([`Fingerprint::canonical`]).
+    /// hash of method, path and the canonical body ([`Fingerprint::canonical`]);
+    /// only a request with an Idempotency-Key stores it (it is what a retry is
+    /// compared with).
     pub fn meta(&self, fingerprint: &str) -> RequestMeta {
         let actor = Actor { key_id: self.key.id.to_string(), role: self.key.role.as_str().to_string() };
         let mut meta = RequestMeta::new(self.request_id, Some(actor));
         meta.idempotency_key = self.idempotency_key.as_ref().map(|key| format!("{}:{key}", self.idempotency_scope()));
-        meta.request_fingerprint = Some(fingerprint.to_string());
+        meta.request_fingerprint = meta.idempotency_key.is_some().then(|| fingerprint.to_string());
         meta
     }
 }
@@ -132,8 +134,9 @@ impl FromRequestParts<AppState> for Caller {
 
 /// A request body, read (at most 1 MiB, JSON content type) but not parsed:
 /// handlers check the caller's role first, then call [`Body::json`]. The
-/// fingerprint identifies the request for idempotency. An empty body reads
-/// as `{}`.
+/// fingerprint identifies the request for idempotency; it is computed only
+/// for a request with an Idempotency-Key (empty otherwise). An empty body
+/// reads as `{}`.
 pub struct Body {
     bytes: Bytes,
     pub fingerprint: Fingerprint,
@@ -232,6 +235,7 @@ impl FromRequest<AppState> for Body {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let method = request.method().to_string();
         let path = request.uri().path().to_string();
+        let keyed = request.headers().contains_key("idempotency-key");
         let content_type =
             request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
@@ -260,7 +264,11 @@ impl FromRequest<AppState> for Body {
                 ));
             }
         }
-        let fingerprint = fingerprint(&method, &path, &bytes);
+        let fingerprint = if keyed {
+            fingerprint(&method, &path, &bytes)
+        } else {
+            Fingerprint { canonical: String::new(), legacy: String::new() }
+        };
         Ok(Body { bytes, fingerprint })
     }
 }
