@@ -18,6 +18,8 @@ pub mod money;
 pub mod openapi;
 pub mod payment;
 pub mod risk;
+/// The given/when/then helper of aggregate tests (feature `testkit`).
+#[cfg(feature = "testkit")]
 pub mod testing;
 pub mod time;
 

@@ -1,6 +1,6 @@
 //! Every rejection code of the domain, each from a given / when scenario.
 //! The table must cover `DomainError::ALL_CODES` exactly.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 mod support;
 
@@ -55,7 +55,7 @@ fn onboard(fees: FeeSchedule) -> MerchantCommand {
         name: "Lotus".into(),
         country: "US".parse().unwrap(),
         default_currency: USD,
-        settlement_currency: USD,
+        settlement_currency: Some(USD),
         tier: Tier::B,
         fees,
         now: t(0),
@@ -77,7 +77,14 @@ fn key_id() -> ApiKeyId {
 }
 
 fn key_issue() -> ApiKeyCommand {
-    ApiKeyCommand::Issue { key_id: key_id(), role: Role::Admin, merchant: None, key_hash: "ab".repeat(32), now: t(0) }
+    ApiKeyCommand::Issue {
+        key_id: key_id(),
+        role: Role::Admin,
+        merchant_id: None,
+        merchant: None,
+        key_hash: "ab".repeat(32),
+        now: t(0),
+    }
 }
 
 fn key_issued() -> ApiKeyEvent {
@@ -170,8 +177,15 @@ fn scenarios() -> Vec<(&'static str, DomainError)> {
             ),
         ),
         ("merchant_already_exists", merchant_err(vec![onboarded()], onboard(FEES))),
-        ("merchant_suspended", pay(vec![], initiate_cmd(|c| c.merchant.status = MerchantStatus::Suspended))),
-        ("merchant_closed", pay(vec![], initiate_cmd(|c| c.merchant.status = MerchantStatus::Closed))),
+        ("merchant_not_found", pay(vec![], initiate_cmd(|c| c.merchant = None))),
+        (
+            "merchant_suspended",
+            pay(vec![], initiate_cmd(|c| c.merchant.as_mut().unwrap().status = MerchantStatus::Suspended)),
+        ),
+        (
+            "merchant_closed",
+            pay(vec![], initiate_cmd(|c| c.merchant.as_mut().unwrap().status = MerchantStatus::Closed)),
+        ),
         (
             "merchant_not_active",
             merchant_err(
@@ -190,7 +204,7 @@ fn scenarios() -> Vec<(&'static str, DomainError)> {
             pay(
                 vec![],
                 initiate_cmd(|c| {
-                    c.merchant.tier = Tier::D;
+                    c.merchant.as_mut().unwrap().tier = Tier::D;
                     c.amount = Money::new(1_001, Currency::JPY);
                     c.daily_volume = Money::zero(Currency::JPY);
                 }),
