@@ -423,6 +423,13 @@ impl Target {
     /// then, if the set is past its budget, forgets its records (all clean now).
     /// Returns whether the stored checkpoint moved.
     fn flush(&mut self) -> Result<bool, ProjectionError> {
+        // Invariant 2 (ARCHITECTURE.md, the read side): the stored checkpoint only moves forward.
+        debug_assert!(
+            self.applied >= self.checkpoint,
+            "checkpoint {} moving back to {}",
+            self.checkpoint,
+            self.applied
+        );
         let moved = self.applied != self.checkpoint;
         if moved {
             let mut batch = sled::Batch::default();
@@ -1111,6 +1118,7 @@ impl Inner {
             slot.building_until.store(0, Ordering::Release);
         }
         if moved {
+            debug_assert!(target.checkpoint >= *slot.checkpoint.borrow(), "the published checkpoint moved back");
             slot.checkpoint.send_replace(target.checkpoint);
         }
         Ok(target)

@@ -796,7 +796,7 @@ fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
 
 /// Whether sled could not take a database's file lock: another process has it open.
 fn is_lock_error(err: &sled::Error) -> bool {
-    // sled reports it as `ErrorKind::Other` with this message (config.rs).
+    // sled 0.34 reports it as `ErrorKind::Other` with this message (when it opens the database).
     matches!(err, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
