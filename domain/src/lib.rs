@@ -24,5 +24,5 @@ pub mod testing;
 pub mod time;
 
 pub use aggregate::{Aggregate, Context, DomainEvent};
-pub use error::{DomainError, ErrorKind};
+pub use error::{DomainError, ErrorCode, ErrorKind};
 pub use money::{Currency, Money, MoneyError};

@@ -7,6 +7,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 
 use paystream_domain::api_key::{ApiKeyAggregate, ApiKeyCommand, ApiKeyEvent, Role};
+use paystream_domain::error::ErrorCode;
 use paystream_domain::id::ApiKeyId;
 use paystream_domain::merchant::{
     FeeSchedule, MerchantAggregate, MerchantCommand, MerchantEvent, MerchantStatus, Tier,
@@ -303,6 +304,33 @@ fn every_code_has_a_scenario() {
     let covered: BTreeSet<&str> = scenarios().iter().map(|(code, _)| *code).collect();
     let all: BTreeSet<&str> = DomainError::ALL_CODES.iter().copied().collect();
     assert_eq!(covered, all);
+}
+
+/// docs/errors.md lists every code once, in `ErrorCode::ALL`'s order, with
+/// the kind the code has (the API's status follows from it).
+#[test]
+fn the_error_table_lists_every_code_with_its_kind() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/errors.md")).unwrap();
+    let rows: Vec<(String, String)> = doc
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((code.to_string(), cells.get(2)?.to_string()))
+        })
+        .collect();
+    let expected: Vec<(String, String)> = ErrorCode::ALL
+        .iter()
+        .map(|code| {
+            let kind = match code.kind() {
+                ErrorKind::InvalidInput => "input",
+                ErrorKind::NotFound => "not found",
+                ErrorKind::Rejected => "rule",
+            };
+            (code.as_str().to_string(), kind.to_string())
+        })
+        .collect();
+    assert_eq!(rows, expected);
 }
 
 #[test]
