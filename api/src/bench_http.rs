@@ -357,18 +357,9 @@ impl Drop for ServerProcess {
 /// velocity rules see distinct cards.
 pub fn test_card(n: u64) -> String {
     let body = format!("42{:013}", n % 10_000_000_000_000);
-    let mut sum = 0;
-    for (i, b) in body.bytes().rev().enumerate() {
-        let mut d = u32::from(b - b'0');
-        if i % 2 == 0 {
-            d *= 2;
-            if d > 9 {
-                d -= 9;
-            }
-        }
-        sum += d;
-    }
-    format!("{body}{}", (10 - sum % 10) % 10)
+    // `body` is all digits, so there is always a check digit.
+    let check = paystream_domain::method::luhn_check_digit(&body).unwrap_or_default();
+    format!("{body}{check}")
 }
 
 /// One answered (or failed) request: when it completed, counted from the
@@ -405,15 +396,7 @@ pub struct IntervalRow {
     pub head: Option<u64>,
 }
 
-/// Nearest-rank percentile of sorted values (0 when there are none).
-pub fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    // The float only picks an index, never money.
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+pub use paystream_store::bench::percentile;
 
 /// Requests per second over `ms` milliseconds, rounded down.
 fn rate(count: u64, ms: u64) -> u64 {
@@ -633,45 +616,12 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
         }
     };
     let pid = server.as_ref().map(|s| s.pid);
-    let mut out = match (&options.target, &server) {
-        (Target::Child(spec), Some(server)) => format!(
-            "paystream bench http: {} clients, {} s, intervals of {} s, server: child pid {}, data {}{}{}, first start ready after {:.2} s\n\n",
-            options.clients,
-            options.duration.as_secs(),
-            options.interval.as_secs(),
-            server.pid,
-            spec.data.display(),
-            if spec.serve_args.is_empty() { "" } else { ", serve " },
-            spec.serve_args.join(" "),
-            server.ready_after.as_secs_f64(),
-        ),
-        _ => format!(
-            "paystream bench http: {} clients, {} s, intervals of {} s, server: {addr} (--url)\n\n",
-            options.clients,
-            options.duration.as_secs(),
-            options.interval.as_secs(),
-        ),
-    };
+    let mut out = report_header(&options, server.as_ref(), addr);
 
     let merchant_keys = create_merchants(addr, &admin_key, options.clients).await?;
-
     let started = Instant::now();
     let deadline = started + options.duration;
-    let monitor = tokio::spawn({
-        let admin_key = admin_key.clone();
-        async move {
-            let mut samples = Vec::new();
-            let mut ticks = tokio::time::interval(SAMPLE_EVERY);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                samples.push(sample(addr, &admin_key, pid, started).await);
-                if Instant::now() >= deadline {
-                    return samples;
-                }
-            }
-        }
-    });
+    let monitor = tokio::spawn(monitor(addr, admin_key.clone(), pid, started, deadline));
     let tasks: Vec<_> = (0..options.clients as u64)
         .zip(merchant_keys)
         .map(|(n, key)| tokio::spawn(client(addr, key, n, started, deadline)))
@@ -695,9 +645,81 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
         options.duration.as_millis() as u64,
         run_ms,
     );
+    out.push_str(&interval_table(&rows));
+    out.push_str(&load_summary(completions, failure_sample, run_ms, &rows));
+    let events = end.head;
+    out.push_str(&format!("events in the log: {}\n", or_dash(events)));
+
+    // Let the projections reach the head before the server is stopped, so
+    // the restart measures a start, not the end of a catch-up.
+    let caught_up = match events {
+        Some(head) => projections_caught_up(addr, &admin_key, head).await,
+        None => None,
+    };
+    let lag_line = lag_line(&samples, caught_up);
+    let Some(running) = server.as_mut() else {
+        out.push_str("RSS: not measured (--url)\n");
+        out.push_str("RSS per million events: not measured (--url)\n");
+        out.push_str(&lag_line);
+        out.push_str("stop: not measured (--url)\n");
+        out.push_str("restart on this data: not measured (--url)\n");
+        return Ok(out);
+    };
+    out.push_str(&rss_lines(running.pid, &samples, end, events));
+    out.push_str(&lag_line);
+    out.push_str(&stop_and_restart(running, &options.target).await);
+    Ok(out)
+}
+
+/// The report's first line: the load and the server.
+fn report_header(options: &HttpBenchOptions, server: Option<&ServerProcess>, addr: SocketAddr) -> String {
+    match (&options.target, server) {
+        (Target::Child(spec), Some(server)) => format!(
+            "paystream bench http: {} clients, {} s, intervals of {} s, server: child pid {}, data {}{}{}, first start ready after {:.2} s\n\n",
+            options.clients,
+            options.duration.as_secs(),
+            options.interval.as_secs(),
+            server.pid,
+            spec.data.display(),
+            if spec.serve_args.is_empty() { "" } else { ", serve " },
+            spec.serve_args.join(" "),
+            server.ready_after.as_secs_f64(),
+        ),
+        _ => format!(
+            "paystream bench http: {} clients, {} s, intervals of {} s, server: {addr} (--url)\n\n",
+            options.clients,
+            options.duration.as_secs(),
+            options.interval.as_secs(),
+        ),
+    }
+}
+
+/// Samples the server every [`SAMPLE_EVERY`] until `deadline`.
+async fn monitor(
+    addr: SocketAddr,
+    admin_key: String,
+    pid: Option<u32>,
+    started: Instant,
+    deadline: Instant,
+) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut ticks = tokio::time::interval(SAMPLE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        samples.push(sample(addr, &admin_key, pid, started).await);
+        if Instant::now() >= deadline {
+            return samples;
+        }
+    }
+}
+
+/// The table of intervals, in Markdown.
+fn interval_table(rows: &[IntervalRow]) -> String {
+    let mut out = String::new();
     out.push_str("| interval | payments | failures | payments/s | p50 ms | p99 ms | max ms | RSS MiB | head |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for row in &rows {
+    for row in rows {
         out.push_str(&format!(
             "| {}-{} s | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
             (row.from_ms + 500) / 1_000,
@@ -713,7 +735,17 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
         ));
     }
     out.push('\n');
+    out
+}
 
+/// Throughput, failures and latency of the whole run.
+fn load_summary(
+    completions: Vec<Completion>,
+    failure_sample: Option<String>,
+    run_ms: u64,
+    rows: &[IntervalRow],
+) -> String {
+    let mut out = String::new();
     let payments = completions.iter().filter(|c| c.ok).count() as u64;
     let failures = completions.len() as u64 - payments;
     let per_second = rate(payments, run_ms);
@@ -733,22 +765,17 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
         ms(percentile(&latencies, 99.0)),
         ms(latencies.last().copied().unwrap_or(0)),
     ));
-    drop(latencies);
-    match p99_ratio(&rows) {
+    match p99_ratio(rows) {
         Some(ratio) => out.push_str(&format!("p99 last/first interval: {ratio:.2}x\n")),
         None => out.push_str("p99 last/first interval: not measured (one interval)\n"),
     }
-    let events = end.head;
-    out.push_str(&format!("events in the log: {}\n", or_dash(events)));
+    out
+}
 
-    // Let the projections reach the head before the server is stopped, so
-    // the restart measures a start, not the end of a catch-up.
-    let caught_up = match events {
-        Some(head) => projections_caught_up(addr, &admin_key, head).await,
-        None => None,
-    };
+/// The projections' lag over the run and how long they took to catch up.
+fn lag_line(samples: &[Sample], caught_up: Option<Duration>) -> String {
     let max_lag = samples.iter().filter_map(|s| s.lag).max();
-    let lag_line = format!(
+    format!(
         "projection lag: max {} events (sampled every {} s), {}\n",
         or_dash(max_lag),
         SAMPLE_EVERY.as_secs(),
@@ -756,25 +783,21 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
             Some(after) => format!("caught up {} ms after the load stopped", after.as_millis()),
             None => "caught up: not measured".to_string(),
         }
-    );
+    )
+}
 
-    let Some(running) = server.as_mut() else {
-        out.push_str("RSS: not measured (--url)\n");
-        out.push_str("RSS per million events: not measured (--url)\n");
-        out.push_str(&lag_line);
-        out.push_str("stop: not measured (--url)\n");
-        out.push_str("restart on this data: not measured (--url)\n");
-        return Ok(out);
-    };
+/// The child server's memory: peak, high-water mark, end, and per million events.
+fn rss_lines(pid: u32, samples: &[Sample], end: Sample, events: Option<u64>) -> String {
+    let mut out = String::new();
     let peak_kib = samples.iter().filter_map(|s| s.rss_kib).max();
     out.push_str(&format!(
         "RSS: peak {} MiB (sampled every {} s), high-water mark {} MiB (VmHWM), end {} MiB (anonymous {} MiB, file {} MiB)\n",
         mib(peak_kib),
         SAMPLE_EVERY.as_secs(),
-        mib(proc_status_kib(running.pid, "VmHWM")),
+        mib(proc_status_kib(pid, "VmHWM")),
         mib(end.rss_kib),
-        mib(proc_status_kib(running.pid, "RssAnon")),
-        mib(proc_status_kib(running.pid, "RssFile")),
+        mib(proc_status_kib(pid, "RssAnon")),
+        mib(proc_status_kib(pid, "RssFile")),
     ));
     let per_million = |kib: Option<u64>| match (kib, events) {
         (Some(kib), Some(events)) => mib_per_million_events(kib, events).map(|v| format!("{v:.1}")),
@@ -785,8 +808,13 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
         per_million(peak_kib).unwrap_or_else(|| "-".to_string()),
         per_million(end.rss_kib).unwrap_or_else(|| "-".to_string()),
     ));
-    out.push_str(&lag_line);
-    // From here on a failure is a line of the report, not the loss of it.
+    out
+}
+
+/// Stops the child server and starts it again on the same data. From here on
+/// a failure is a line of the report, not the loss of it.
+async fn stop_and_restart(running: &mut ServerProcess, target: &Target) -> String {
+    let mut out = String::new();
     match running.stop().await {
         Ok((after, status)) => {
             out.push_str(&format!("stop: SIGTERM to exit {:.2} s ({status})\n", after.as_secs_f64()))
@@ -794,16 +822,16 @@ pub async fn run(options: HttpBenchOptions) -> Result<String, BoxError> {
         Err(error) => {
             out.push_str(&format!("stop: failed: {error}\n"));
             out.push_str("restart on this data: not measured (the first server did not stop)\n");
-            return Ok(out);
+            return out;
         }
     }
-    if let Target::Child(spec) = &options.target {
+    if let Target::Child(spec) = target {
         match restart(spec).await {
             Ok(line) => out.push_str(&line),
             Err(error) => out.push_str(&format!("restart on this data: failed: {error}\n")),
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -824,7 +852,7 @@ mod tests {
         let values: Vec<u32> = (1..=100).collect();
         assert_eq!([percentile(&values, 50.0), percentile(&values, 99.0), percentile(&values, 100.0)], [50, 99, 100]);
         assert_eq!(percentile(&[7], 99.0), 7);
-        assert_eq!(percentile(&[], 50.0), 0);
+        assert_eq!(percentile::<u32>(&[], 50.0), 0);
     }
 
     fn completion(done_ms: u32, latency_us: u32, ok: bool) -> Completion {

@@ -18,9 +18,9 @@ use paystream_domain::id::{ApiKeyId, DisputeId, MerchantId, PaymentId};
 use paystream_domain::merchant::{FeeSchedule, MerchantAggregate, MerchantCommand, Tier};
 use paystream_domain::method::PaymentMethodInput;
 use paystream_domain::payment::{
-    AmountInput, CaptureMethod, Customer, DisputeOutcome, Payment, PaymentAggregate, PaymentStatus, ReviewDecision,
+    AmountInput, CaptureMethod, Customer, DisputeOutcome, Payment, PaymentAggregate, ReviewDecision,
 };
-use paystream_domain::{Aggregate, Currency, DomainError, Money};
+use paystream_domain::{Aggregate, Currency, Money};
 use paystream_store::StoreError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -33,14 +33,9 @@ use crate::list::{respond_list, List};
 use crate::openapi::{CommandErrors, EventParams, IdempotencyKey, Internal, NotFound, ReadErrors};
 use crate::query::{Params, QueryString, Spec};
 use crate::read::rows_to_csv;
+use crate::roles::{ADMIN, ADMIN_OR_MERCHANT, ANALYSTS, EVERYONE, MERCHANT};
 use crate::state::AppState;
 use crate::views::{self, ApiKeyView, DisputeView, EventView, Health, MerchantView, PaymentView, RefundView};
-
-const ADMIN: &[Role] = &[Role::Admin];
-const MERCHANT: &[Role] = &[Role::Merchant];
-const ADMIN_OR_MERCHANT: &[Role] = &[Role::Admin, Role::Merchant];
-const READERS: &[Role] = &[Role::Admin, Role::Merchant, Role::Analyst, Role::Auditor];
-const REVIEWERS: &[Role] = &[Role::Admin, Role::Analyst];
 
 /// A JSON reply; `replayed` marks an idempotent replay.
 pub struct Reply {
@@ -160,7 +155,7 @@ pub async fn create_merchant(State(state): State<AppState>, caller: Caller, body
         name: b.name,
         country: b.country,
         default_currency: b.default_currency,
-        settlement_currency: b.settlement_currency.unwrap_or(b.default_currency),
+        settlement_currency: b.settlement_currency,
         tier: b.tier,
         fees: FeeSchedule { percent_bps: b.fees.percent_bps, fixed_minor: b.fees.fixed },
     };
@@ -365,11 +360,6 @@ fn key_record(executed: &Executed<ApiKeyAggregate>) -> Result<KeyRecord, ApiErro
 pub async fn create_key(State(state): State<AppState>, caller: Caller, body: Body) -> Result<Reply, ApiError> {
     caller.require(ADMIN)?;
     let CreateKey { role, merchant_id } = body.json()?;
-    if let Some(merchant_id) = merchant_id {
-        if state.services.merchant(merchant_id).await?.is_none() {
-            return Err(ApiError::from(DomainError::MerchantNotFound).with_param("merchant_id"));
-        }
-    }
     let services = &state.services;
     run(
         &state,
@@ -474,14 +464,8 @@ pub async fn create_payment(State(state): State<AppState>, caller: Caller, body:
         // the retry carries the instrument again, and the events it adds
         // carry the original request's correlation id.
         async |executed: Executed<PaymentAggregate>, correlation_id| {
-            let awaiting = executed.state.as_ref().filter(|p| p.status() == PaymentStatus::Pending && p.risk.is_some());
-            match awaiting {
-                Some(payment) => {
-                    let meta = RequestMeta { correlation_id, ..resume_meta };
-                    render_payment(services.authorize(&meta, payment.id, payment.amount, &method).await?)
-                }
-                None => render_payment(executed),
-            }
+            let meta = RequestMeta { correlation_id, ..resume_meta };
+            render_payment(services.finish_authorization(&meta, executed, &method).await?)
         },
     )
     .await
@@ -509,7 +493,7 @@ pub async fn get_payment(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Reply, ApiError> {
-    caller.require(READERS)?;
+    caller.require(EVERYONE)?;
     let (payment, position) = visible_payment(&state, &caller, &id).await?;
     ok(views::payment(&payment, position))
 }
@@ -539,7 +523,7 @@ pub async fn payment_events(
     query: QueryString,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.require(READERS)?;
+    caller.require(EVERYONE)?;
     let (payment, _) = visible_payment(&state, &caller, &id).await?;
     let params = Params::new(query, &EVENT_PARAMS)?;
     let limit = params.limit(DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)?;
@@ -577,7 +561,7 @@ struct Access {
 
 const MERCHANT_OK: Access = Access { roles: MERCHANT, status: StatusCode::OK };
 const MERCHANT_CREATED: Access = Access { roles: MERCHANT, status: StatusCode::CREATED };
-const REVIEWER_OK: Access = Access { roles: REVIEWERS, status: StatusCode::OK };
+const REVIEWER_OK: Access = Access { roles: ANALYSTS, status: StatusCode::OK };
 const ADMIN_OK: Access = Access { roles: ADMIN, status: StatusCode::OK };
 const ADMIN_CREATED: Access = Access { roles: ADMIN, status: StatusCode::CREATED };
 

@@ -14,6 +14,7 @@ pub mod list;
 pub mod openapi;
 pub mod query;
 pub mod read;
+pub mod roles;
 pub mod server;
 pub mod state;
 pub mod views;

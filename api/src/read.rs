@@ -35,15 +35,10 @@ use crate::openapi::{
     NoParams, NotFound, OverviewParams, ReadErrors, SearchParams, TrialBalanceParams,
 };
 use crate::query::{Params, QueryString, Spec};
+use crate::roles::{ADMIN, ANALYSTS, DASHBOARD_READERS, EVERYONE, STAFF};
 use crate::state::AppState;
 use crate::views::{self, MerchantView, ProjectionRebuildView};
 
-const ANALYSTS: &[Role] = &[Role::Admin, Role::Analyst];
-const DASHBOARD_READERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Merchant];
-const SEARCHERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Auditor, Role::Merchant];
-const JOURNAL_READERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Auditor];
-/// Who may list merchants: every role but merchants.
-const MERCHANT_LISTERS: &[Role] = &[Role::Admin, Role::Analyst, Role::Auditor];
 /// What a `currency` query parameter must be.
 const CURRENCY_EXPECTED: &str = "an ISO 4217 code";
 /// What a `merchant_id` query parameter must be.
@@ -231,7 +226,7 @@ pub async fn rebuild_projection(
     Path(name): Path<String>,
     query: QueryString,
 ) -> Result<Response, ApiError> {
-    caller.require(&[Role::Admin])?;
+    caller.require(ADMIN)?;
     let name: ProjectionName = name.parse().map_err(|_| ApiError::not_found("projection"))?;
     Params::new(query, &NO_PARAMS)?;
     // The rebuild runs in the background; queries answer from the current
@@ -309,7 +304,7 @@ pub async fn search_payments(
     query: QueryString,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.require(SEARCHERS)?;
+    caller.require(EVERYONE)?;
     let params = Params::new(query, &SEARCH_PARAMS)?;
     let merchant_id = match caller.role() {
         Role::Merchant => Some(caller.key.merchant_id.ok_or_else(ApiError::forbidden)?),
@@ -457,7 +452,7 @@ pub async fn ledger_journal(
     query: QueryString,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.require(JOURNAL_READERS)?;
+    caller.require(STAFF)?;
     let params = Params::new(query, &JOURNAL_PARAMS)?;
     // `starting_after` takes the previous page's cursor; `after` (a log
     // position, which is what the cursor holds) is its older name.
@@ -493,7 +488,7 @@ pub async fn list_merchants(
     query: QueryString,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.require(MERCHANT_LISTERS)?;
+    caller.require(STAFF)?;
     let params = Params::new(query, &MERCHANTS_PARAMS)?;
     let limit = params.limit(DEFAULT_MERCHANT_PAGE, MAX_MERCHANT_PAGE)?;
     let after: Option<MerchantId> =

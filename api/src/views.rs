@@ -195,21 +195,23 @@ pub fn payment(p: &Payment, position: u64) -> PaymentView {
         status: p.status(),
         amount: p.amount.amount_minor,
         currency: p.amount.currency,
-        amount_capturable: p.amount_capturable,
-        amount_captured: p.amount_captured,
-        amount_refunded: p.amount_refunded,
-        amount_refundable: p.amount_refundable(),
+        amount_capturable: p.figures.amount_capturable,
+        amount_captured: p.figures.amount_captured,
+        amount_refunded: p.figures.amount_refunded,
+        // Never fails for a payment `decide` shaped (every amount is bounded
+        // by the authorized one); 0 rather than a wrong figure if it did.
+        amount_refundable: p.amount_refundable().unwrap_or(0),
         amount_disputed: p.amount_disputed_open(),
         amount_dispute_lost: p.amount_dispute_lost(),
-        amount_settled: p.amount_settled,
-        fees: p.fees_charged,
+        amount_settled: p.figures.amount_settled,
+        fees: p.figures.fees_charged,
         capture: p.capture_method,
         method: p.method.clone(),
         customer: p.customer.clone(),
         description: p.description.clone(),
         metadata: p.metadata.clone(),
         risk: p.risk.as_ref().map(|r| Risk { score: r.score, decision: r.decision, rules: r.rules.clone() }),
-        decline_code: p.decline_code,
+        decline_code: p.figures.decline_code,
         acquirer_reference: p.authorization.as_ref().map(|a| a.acquirer_reference.clone()),
         authorization_expires_at: p.authorization.as_ref().map(|a| a.expires_at),
         captures: p
@@ -239,7 +241,7 @@ pub fn payment(p: &Payment, position: u64) -> PaymentView {
             })
             .collect(),
         created_at: p.created_at,
-        updated_at: p.updated_at,
+        updated_at: p.figures.updated_at,
         position,
     }
 }

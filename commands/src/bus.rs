@@ -34,10 +34,7 @@ pub const STREAM_READ_BATCH: usize = 1_000;
 /// at most twice this many states in memory, a few hundred bytes to a few KiB each.
 pub const STATE_CACHE_STREAMS: usize = 2_048;
 
-/// `<category>-<uuid>`, e.g. `payment-0190a1b2-...`.
-pub fn stream_id<A: Aggregate>(id: &Uuid) -> String {
-    format!("{}-{}", A::STREAM_CATEGORY, id.hyphenated())
-}
+pub use paystream_domain::aggregate::stream_id;
 
 /// Who asked, under which request, with which idempotency key.
 #[derive(Debug, Clone)]

@@ -13,10 +13,10 @@ use paystream_domain::merchant::{FeeSchedule, Merchant, MerchantAggregate, Merch
 use paystream_domain::method::PaymentMethodInput;
 use paystream_domain::payment::{
     AcquirerOutcome, AmountInput, CaptureMethod, Customer, DeclineCode, DisputeOutcome, InitiatePayment, Payment,
-    PaymentAggregate, PaymentCommand, PaymentStatus, ReviewDecision,
+    PaymentAggregate, PaymentCommand, ReviewDecision,
 };
 use paystream_domain::time::Timestamp;
-use paystream_domain::{Currency, DomainError, Money};
+use paystream_domain::{Currency, Money};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -46,7 +46,8 @@ pub struct OnboardMerchant {
     pub name: String,
     pub country: CountryCode,
     pub default_currency: Currency,
-    pub settlement_currency: Currency,
+    /// `None` settles in the default currency (the domain's rule).
+    pub settlement_currency: Option<Currency>,
     pub tier: Tier,
     pub fees: FeeSchedule,
 }
@@ -162,7 +163,7 @@ impl Services {
         secret: String,
     ) -> Result<(Executed<ApiKeyAggregate>, String), CommandError> {
         let merchant = match merchant_id {
-            Some(id) => Some(self.merchant(id).await?.ok_or(DomainError::MerchantNotFound)?),
+            Some(id) => self.merchant(id).await?,
             None => None,
         };
         let key_hash = hash_key(&secret);
@@ -173,7 +174,7 @@ impl Services {
             .create::<ApiKeyAggregate>(
                 key_id.as_uuid(),
                 meta,
-                ApiKeyCommand::Issue { key_id, role, merchant, key_hash, now },
+                ApiKeyCommand::Issue { key_id, role, merchant_id, merchant, key_hash, now },
             )
             .await?;
         for (event, _) in &executed.events {
@@ -204,7 +205,7 @@ impl Services {
         meta: &RequestMeta,
         input: NewPayment,
     ) -> Result<Executed<PaymentAggregate>, CommandError> {
-        let merchant = self.merchant(input.merchant_id).await?.ok_or(DomainError::MerchantNotFound)?;
+        let merchant = self.merchant(input.merchant_id).await?;
         let now = now();
         let payment_id = PaymentId::from_uuid(Uuid::now_v7());
         // The instrument's identity for velocity; if the method is invalid,
@@ -214,8 +215,8 @@ impl Services {
             .summarize(now, &self.bus.context().fingerprint_key)
             .map(|m| m.instrument_key())
             .unwrap_or_default();
-        let signals = self.facts.risk_signals(merchant.id, &instrument, input.customer.id.as_deref(), now)?;
-        let daily_volume = self.facts.daily_volume(merchant.id, input.amount.currency, now)?;
+        let signals = self.facts.risk_signals(input.merchant_id, &instrument, input.customer.id.as_deref(), now)?;
+        let daily_volume = self.facts.daily_volume(input.merchant_id, input.amount.currency, now)?;
         let initiated = self
             .bus
             .create::<PaymentAggregate>(
@@ -236,14 +237,10 @@ impl Services {
                 })),
             )
             .await?;
-        let awaiting = initiated
-            .state
-            .as_ref()
-            .is_some_and(|p| matches!(p.status(), PaymentStatus::Pending | PaymentStatus::RequiresReview));
-        if !awaiting {
+        let Some((payment_id, amount)) = awaiting_acquirer(&initiated) else {
             return Ok(initiated);
-        }
-        let answered = self.authorize(&meta.followup(), payment_id, input.amount, &input.method).await?;
+        };
+        let answered = self.authorize(&meta.followup(), payment_id, amount, &input.method).await?;
         let mut events = initiated.events;
         events.extend(answered.events);
         Ok(Executed { state: answered.state, events, position: answered.position })
@@ -270,6 +267,22 @@ impl Services {
                 Ok(PaymentCommand::RecordAuthorization { outcome: outcome.clone(), now: now_after(started) })
             })
             .await
+    }
+
+    /// Finishes a payment that `executed` left waiting for the acquirer (a
+    /// request cut off after the payment was initiated, retried with the
+    /// instrument again): asks the acquirer and records its answer. Otherwise
+    /// returns `executed` as it is.
+    pub async fn finish_authorization(
+        &self,
+        meta: &RequestMeta,
+        executed: Executed<PaymentAggregate>,
+        method: &PaymentMethodInput,
+    ) -> Result<Executed<PaymentAggregate>, CommandError> {
+        match awaiting_acquirer(&executed) {
+            Some((payment_id, amount)) => self.authorize(meta, payment_id, amount, method).await,
+            None => Ok(executed),
+        }
     }
 
     /// Any follow-up command on an existing payment.
@@ -424,6 +437,11 @@ impl Services {
         }
         Ok(finished)
     }
+}
+
+/// The payment `executed` left waiting for the acquirer, by the domain's rule.
+fn awaiting_acquirer(executed: &Executed<PaymentAggregate>) -> Option<(PaymentId, Money)> {
+    executed.state.as_ref().filter(|p| p.awaits_acquirer()).map(|p| (p.id, p.amount))
 }
 
 /// The acquirer answered after `started`; never earlier, even if the wall

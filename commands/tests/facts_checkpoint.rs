@@ -51,7 +51,7 @@ async fn onboard(services: &Services) -> MerchantId {
         name: "Harbour Noodles".into(),
         country: "SG".parse().unwrap(),
         default_currency: Currency::SGD,
-        settlement_currency: Currency::SGD,
+        settlement_currency: Some(Currency::SGD),
         tier: Tier::A,
         fees: FeeSchedule { percent_bps: 250, fixed_minor: 20 },
     };

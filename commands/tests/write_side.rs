@@ -44,7 +44,7 @@ async fn merchant(services: &Services) -> paystream_domain::id::MerchantId {
         name: "Harbour Noodles".into(),
         country: "SG".parse().unwrap(),
         default_currency: Currency::SGD,
-        settlement_currency: Currency::SGD,
+        settlement_currency: Some(Currency::SGD),
         tier: Tier::B,
         fees: FeeSchedule { percent_bps: 250, fixed_minor: 20 },
     };
@@ -73,7 +73,7 @@ async fn create_payment_records_the_acquirer_answer() {
         .await
         .unwrap();
     let p = auto.state.unwrap();
-    assert_eq!((p.status(), p.amount_captured, p.fees_charged), (PaymentStatus::Captured, 10_000, 270));
+    assert_eq!((p.status(), p.figures.amount_captured, p.figures.fees_charged), (PaymentStatus::Captured, 10_000, 270));
     assert_eq!(auto.events.len(), 4, "initiated, risk assessed, authorized, captured");
 
     let declined = w
@@ -82,14 +82,17 @@ async fn create_payment_records_the_acquirer_answer() {
         .await
         .unwrap();
     let p = declined.state.unwrap();
-    assert_eq!((p.status(), p.decline_code.map(|c| c.as_str())), (PaymentStatus::Declined, Some("insufficient_funds")));
+    assert_eq!(
+        (p.status(), p.figures.decline_code.map(|c| c.as_str())),
+        (PaymentStatus::Declined, Some("insufficient_funds"))
+    );
 
     let unavailable = w
         .services
         .create_payment(&meta(), payment(merchant_id, "4000000000000119", CaptureMethod::Manual))
         .await
         .unwrap();
-    assert_eq!(unavailable.state.unwrap().decline_code.map(|c| c.as_str()), Some("acquirer_unavailable"));
+    assert_eq!(unavailable.state.unwrap().figures.decline_code.map(|c| c.as_str()), Some("acquirer_unavailable"));
 }
 
 #[tokio::test]
@@ -125,8 +128,8 @@ async fn concurrent_captures_retry_on_fresh_state_and_never_overcapture() {
         }
     }
     let p = w.services.payment(payment_id).await.unwrap().unwrap();
-    assert_eq!(p.amount_captured, 1_000 * won);
-    assert!(p.amount_captured <= 10_000);
+    assert_eq!(p.figures.amount_captured, 1_000 * won);
+    assert!(p.figures.amount_captured <= 10_000);
     assert_eq!(won + refused, 16);
     assert!(won >= 5, "retries on conflict should let most captures through, got {won}");
 }
@@ -204,7 +207,7 @@ async fn initiate_only(w: &World, input: &NewPayment) -> paystream_domain::id::P
         .execute::<PaymentAggregate>(payment_id.as_uuid(), &meta(), |_| {
             Ok(PaymentCommand::Initiate(Box::new(InitiatePayment {
                 payment_id,
-                merchant: merchant.clone(),
+                merchant: Some(merchant.clone()),
                 amount: input.amount,
                 capture_method: input.capture_method,
                 method: input.method.clone(),
@@ -270,9 +273,13 @@ async fn the_pending_sweep_records_what_the_acquirer_remembers_and_declines_what
     assert_eq!(finished, 2);
 
     let p = w.services.payment(remembered).await.unwrap().unwrap();
-    assert_eq!((p.status(), p.amount_captured), (PaymentStatus::Captured, 10_000), "authorized, captured at once");
+    assert_eq!(
+        (p.status(), p.figures.amount_captured),
+        (PaymentStatus::Captured, 10_000),
+        "authorized, captured at once"
+    );
     let p = w.services.payment(forgotten).await.unwrap().unwrap();
-    assert_eq!((p.status(), p.decline_code), (PaymentStatus::Declined, Some(DeclineCode::AcquirerUnavailable)));
+    assert_eq!((p.status(), p.figures.decline_code), (PaymentStatus::Declined, Some(DeclineCode::AcquirerUnavailable)));
     let head = w.services.bus.store().head().await.unwrap();
     w.services.facts.wait_for(head).await;
     assert!(w.services.facts.pending_since(paystream_commands::services::now(), 10).is_empty());

@@ -4,6 +4,7 @@ use std::fmt::Debug;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use uuid::Uuid;
 
 use crate::error::DomainError;
 
@@ -33,6 +34,19 @@ impl Debug for Context {
             .field("authorization_ttl", &self.authorization_ttl)
             .finish()
     }
+}
+
+/// The stream id of aggregate `A`'s instance `id`: `<STREAM_CATEGORY>-<uuid>`,
+/// e.g. `payment-0190a1b2-...`. The one place stream ids are built.
+pub fn stream_id<A: Aggregate>(id: &Uuid) -> String {
+    format!("{}-{}", A::STREAM_CATEGORY, id.hyphenated())
+}
+
+/// The instance id of `stream_id` if it is a stream of aggregate `A`. The one
+/// place stream ids are parsed.
+pub fn stream_uuid<A: Aggregate>(stream_id: &str) -> Option<Uuid> {
+    let rest = stream_id.strip_prefix(A::STREAM_CATEGORY)?.strip_prefix('-')?;
+    Uuid::try_parse(rest).ok()
 }
 
 /// An event stored in the log: it names its type and schema version.

@@ -10,29 +10,39 @@ use crate::id::{ApiKeyId, MerchantId};
 use crate::merchant::{Merchant, MerchantStatus};
 use crate::time::Timestamp;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum Role {
-    /// The platform operator: everything.
-    Admin,
-    /// One merchant's server: its own merchant and payments only.
-    Merchant,
-    /// Reads read models of every merchant; changes nothing (except review decisions).
-    Analyst,
-    /// Reads the raw log, replays and verifies; changes nothing.
-    Auditor,
+/// Declares [`Role`] once: each role's variant and name; `ALL` and `as_str`
+/// are derived (the names are serde's snake_case spelling of the variants).
+macro_rules! roles {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        pub enum Role {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Role {
+            /// Every role, in declaration order.
+            pub const ALL: &'static [Role] = &[$(Role::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Role::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Merchant => "merchant",
-            Role::Analyst => "analyst",
-            Role::Auditor => "auditor",
-        }
-    }
+roles! {
+    /// The platform operator: everything.
+    Admin = "admin",
+    /// One merchant's server: its own merchant and payments only.
+    Merchant = "merchant",
+    /// Reads read models of every merchant; changes nothing (except review decisions).
+    Analyst = "analyst",
+    /// Reads the raw log, replays and verifies; changes nothing.
+    Auditor = "auditor",
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,11 +58,13 @@ pub struct ApiKey {
 
 #[derive(Debug, Clone)]
 pub enum ApiKeyCommand {
-    /// `merchant` is the merchant the key is bound to, as it stands now
-    /// (required for the merchant role, refused for the others).
+    /// `merchant_id` is the merchant the request names (required for the
+    /// merchant role, refused for the others) and `merchant` that merchant as
+    /// it stands now (`None` if it does not exist).
     Issue {
         key_id: ApiKeyId,
         role: Role,
+        merchant_id: Option<MerchantId>,
         merchant: Option<Merchant>,
         key_hash: String,
         now: Timestamp,
@@ -104,7 +116,10 @@ impl Aggregate for ApiKeyAggregate {
     ) -> Result<Vec<ApiKeyEvent>, DomainError> {
         match (state, command) {
             (Some(_), ApiKeyCommand::Issue { .. }) => Err(DomainError::ApiKeyAlreadyExists),
-            (None, ApiKeyCommand::Issue { key_id, role, merchant, key_hash, now }) => {
+            (None, ApiKeyCommand::Issue { key_id, role, merchant_id, merchant, key_hash, now }) => {
+                if merchant_id.is_some() && merchant.is_none() {
+                    return Err(DomainError::MerchantNotFound { param: Some("merchant_id") });
+                }
                 let merchant_id = match (role, merchant) {
                     (Role::Merchant, Some(merchant)) if merchant.status == MerchantStatus::Closed => {
                         return Err(DomainError::MerchantClosed)

@@ -16,6 +16,80 @@ pub enum ErrorKind {
     Rejected,
 }
 
+/// Declares [`ErrorCode`] once: each code's variant, its stable string and
+/// its kind; `ALL` and `ALL_STR` are derived, so no list is kept by hand.
+macro_rules! error_codes {
+    ($($variant:ident = $code:literal => $kind:ident,)*) => {
+        /// The stable code of a [`DomainError`], one per variant.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+            /// Every code's string, in declaration order.
+            pub const ALL_STR: &'static [&'static str] = &[$($code,)*];
+
+            /// The snake_case string the API returns and docs/errors.md lists.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+
+            /// How the API treats the error.
+            pub fn kind(self) -> ErrorKind {
+                match self {
+                    $(ErrorCode::$variant => ErrorKind::$kind,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    AmountNotPositive = "amount_not_positive" => InvalidInput,
+    AmountOverflow = "amount_overflow" => InvalidInput,
+    CurrencyMismatch = "currency_mismatch" => InvalidInput,
+    InvalidCardNumber = "invalid_card_number" => InvalidInput,
+    InvalidExpiryMonth = "invalid_expiry_month" => InvalidInput,
+    CardExpired = "card_expired" => InvalidInput,
+    InvalidCvc = "invalid_cvc" => InvalidInput,
+    InvalidField = "invalid_field" => InvalidInput,
+    TooManyMetadataKeys = "too_many_metadata_keys" => InvalidInput,
+    InvalidFeeSchedule = "invalid_fee_schedule" => InvalidInput,
+    MerchantNotFound = "merchant_not_found" => NotFound,
+    PaymentNotFound = "payment_not_found" => NotFound,
+    DisputeNotFound = "dispute_not_found" => NotFound,
+    ApiKeyNotFound = "api_key_not_found" => NotFound,
+    ApiKeyAlreadyExists = "api_key_already_exists" => Rejected,
+    ApiKeyAlreadyRevoked = "api_key_already_revoked" => Rejected,
+    MerchantAlreadyExists = "merchant_already_exists" => Rejected,
+    MerchantSuspended = "merchant_suspended" => Rejected,
+    MerchantClosed = "merchant_closed" => Rejected,
+    MerchantNotActive = "merchant_not_active" => Rejected,
+    MerchantNotSuspended = "merchant_not_suspended" => Rejected,
+    TierUnchanged = "tier_unchanged" => Rejected,
+    AmountExceedsTierLimit = "amount_exceeds_tier_limit" => Rejected,
+    DailyVolumeExceeded = "daily_volume_exceeded" => Rejected,
+    PaymentAlreadyExists = "payment_already_exists" => Rejected,
+    PaymentNotAwaitingAuthorization = "payment_not_awaiting_authorization" => Rejected,
+    PaymentNotCapturable = "payment_not_capturable" => Rejected,
+    AmountExceedsCapturable = "amount_exceeds_capturable" => Rejected,
+    PaymentNotVoidable = "payment_not_voidable" => Rejected,
+    PaymentNotRefundable = "payment_not_refundable" => Rejected,
+    AmountExceedsRefundable = "amount_exceeds_refundable" => Rejected,
+    PaymentNotUnderReview = "payment_not_under_review" => Rejected,
+    PaymentNotDisputable = "payment_not_disputable" => Rejected,
+    AmountExceedsDisputable = "amount_exceeds_disputable" => Rejected,
+    DisputeAlreadyResolved = "dispute_already_resolved" => Rejected,
+    AuthorizationExpired = "authorization_expired" => Rejected,
+    AuthorizationNotExpired = "authorization_not_expired" => Rejected,
+    NothingToSettle = "nothing_to_settle" => Rejected,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
     // ---- invalid input: the request itself is wrong ----
@@ -41,8 +115,9 @@ pub enum DomainError {
     InvalidFeeSchedule { reason: &'static str },
 
     // ---- not found ----
+    /// `param` names the request field that named the merchant, if any.
     #[error("merchant not found")]
-    MerchantNotFound,
+    MerchantNotFound { param: Option<&'static str> },
     #[error("payment not found")]
     PaymentNotFound,
     #[error("API key not found")]
@@ -117,67 +192,58 @@ impl From<MoneyError> for DomainError {
 }
 
 impl DomainError {
-    /// The stable snake_case code (docs/errors.md).
-    pub fn code(&self) -> &'static str {
-        use DomainError::*;
+    /// The stable code of this error (docs/errors.md).
+    pub fn error_code(&self) -> ErrorCode {
+        use DomainError as D;
         match self {
-            AmountNotPositive { .. } => "amount_not_positive",
-            AmountOverflow => "amount_overflow",
-            CurrencyMismatch { .. } => "currency_mismatch",
-            InvalidCardNumber => "invalid_card_number",
-            InvalidExpiryMonth => "invalid_expiry_month",
-            CardExpired => "card_expired",
-            InvalidCvc => "invalid_cvc",
-            InvalidField { .. } => "invalid_field",
-            TooManyMetadataKeys { .. } => "too_many_metadata_keys",
-            InvalidFeeSchedule { .. } => "invalid_fee_schedule",
-            MerchantNotFound => "merchant_not_found",
-            PaymentNotFound => "payment_not_found",
-            DisputeNotFound(_) => "dispute_not_found",
-            ApiKeyNotFound => "api_key_not_found",
-            ApiKeyAlreadyExists => "api_key_already_exists",
-            ApiKeyAlreadyRevoked => "api_key_already_revoked",
-            MerchantAlreadyExists(_) => "merchant_already_exists",
-            MerchantSuspended => "merchant_suspended",
-            MerchantClosed => "merchant_closed",
-            MerchantNotActive { .. } => "merchant_not_active",
-            MerchantNotSuspended { .. } => "merchant_not_suspended",
-            TierUnchanged(_) => "tier_unchanged",
-            AmountExceedsTierLimit { .. } => "amount_exceeds_tier_limit",
-            DailyVolumeExceeded { .. } => "daily_volume_exceeded",
-            PaymentAlreadyExists(_) => "payment_already_exists",
-            PaymentNotAwaitingAuthorization { .. } => "payment_not_awaiting_authorization",
-            PaymentNotCapturable { .. } => "payment_not_capturable",
-            AmountExceedsCapturable { .. } => "amount_exceeds_capturable",
-            PaymentNotVoidable { .. } => "payment_not_voidable",
-            PaymentNotRefundable { .. } => "payment_not_refundable",
-            AmountExceedsRefundable { .. } => "amount_exceeds_refundable",
-            PaymentNotUnderReview { .. } => "payment_not_under_review",
-            PaymentNotDisputable { .. } => "payment_not_disputable",
-            AmountExceedsDisputable { .. } => "amount_exceeds_disputable",
-            DisputeAlreadyResolved(_) => "dispute_already_resolved",
-            AuthorizationExpired => "authorization_expired",
-            AuthorizationNotExpired { .. } => "authorization_not_expired",
-            NothingToSettle => "nothing_to_settle",
+            D::AmountNotPositive { .. } => ErrorCode::AmountNotPositive,
+            D::AmountOverflow => ErrorCode::AmountOverflow,
+            D::CurrencyMismatch { .. } => ErrorCode::CurrencyMismatch,
+            D::InvalidCardNumber => ErrorCode::InvalidCardNumber,
+            D::InvalidExpiryMonth => ErrorCode::InvalidExpiryMonth,
+            D::CardExpired => ErrorCode::CardExpired,
+            D::InvalidCvc => ErrorCode::InvalidCvc,
+            D::InvalidField { .. } => ErrorCode::InvalidField,
+            D::TooManyMetadataKeys { .. } => ErrorCode::TooManyMetadataKeys,
+            D::InvalidFeeSchedule { .. } => ErrorCode::InvalidFeeSchedule,
+            D::MerchantNotFound { .. } => ErrorCode::MerchantNotFound,
+            D::PaymentNotFound => ErrorCode::PaymentNotFound,
+            D::DisputeNotFound(_) => ErrorCode::DisputeNotFound,
+            D::ApiKeyNotFound => ErrorCode::ApiKeyNotFound,
+            D::ApiKeyAlreadyExists => ErrorCode::ApiKeyAlreadyExists,
+            D::ApiKeyAlreadyRevoked => ErrorCode::ApiKeyAlreadyRevoked,
+            D::MerchantAlreadyExists(_) => ErrorCode::MerchantAlreadyExists,
+            D::MerchantSuspended => ErrorCode::MerchantSuspended,
+            D::MerchantClosed => ErrorCode::MerchantClosed,
+            D::MerchantNotActive { .. } => ErrorCode::MerchantNotActive,
+            D::MerchantNotSuspended { .. } => ErrorCode::MerchantNotSuspended,
+            D::TierUnchanged(_) => ErrorCode::TierUnchanged,
+            D::AmountExceedsTierLimit { .. } => ErrorCode::AmountExceedsTierLimit,
+            D::DailyVolumeExceeded { .. } => ErrorCode::DailyVolumeExceeded,
+            D::PaymentAlreadyExists(_) => ErrorCode::PaymentAlreadyExists,
+            D::PaymentNotAwaitingAuthorization { .. } => ErrorCode::PaymentNotAwaitingAuthorization,
+            D::PaymentNotCapturable { .. } => ErrorCode::PaymentNotCapturable,
+            D::AmountExceedsCapturable { .. } => ErrorCode::AmountExceedsCapturable,
+            D::PaymentNotVoidable { .. } => ErrorCode::PaymentNotVoidable,
+            D::PaymentNotRefundable { .. } => ErrorCode::PaymentNotRefundable,
+            D::AmountExceedsRefundable { .. } => ErrorCode::AmountExceedsRefundable,
+            D::PaymentNotUnderReview { .. } => ErrorCode::PaymentNotUnderReview,
+            D::PaymentNotDisputable { .. } => ErrorCode::PaymentNotDisputable,
+            D::AmountExceedsDisputable { .. } => ErrorCode::AmountExceedsDisputable,
+            D::DisputeAlreadyResolved(_) => ErrorCode::DisputeAlreadyResolved,
+            D::AuthorizationExpired => ErrorCode::AuthorizationExpired,
+            D::AuthorizationNotExpired { .. } => ErrorCode::AuthorizationNotExpired,
+            D::NothingToSettle => ErrorCode::NothingToSettle,
         }
     }
 
+    /// The stable snake_case code (docs/errors.md).
+    pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
     pub fn kind(&self) -> ErrorKind {
-        use DomainError::*;
-        match self {
-            AmountNotPositive { .. }
-            | AmountOverflow
-            | CurrencyMismatch { .. }
-            | InvalidCardNumber
-            | InvalidExpiryMonth
-            | CardExpired
-            | InvalidCvc
-            | InvalidField { .. }
-            | TooManyMetadataKeys { .. }
-            | InvalidFeeSchedule { .. } => ErrorKind::InvalidInput,
-            MerchantNotFound | PaymentNotFound | DisputeNotFound(_) | ApiKeyNotFound => ErrorKind::NotFound,
-            _ => ErrorKind::Rejected,
-        }
+        self.error_code().kind()
     }
 
     /// The request field the error is about, in the API's dotted form.
@@ -200,49 +266,30 @@ impl DomainError {
             InvalidFeeSchedule { .. } => Some("fees"),
             DisputeNotFound(_) | DisputeAlreadyResolved(_) => Some("dispute_id"),
             TierUnchanged(_) => Some("tier"),
-            _ => None,
+            MerchantNotFound { param } => *param,
+            PaymentNotFound
+            | ApiKeyNotFound
+            | ApiKeyAlreadyExists
+            | ApiKeyAlreadyRevoked
+            | MerchantAlreadyExists(_)
+            | MerchantSuspended
+            | MerchantClosed
+            | MerchantNotActive { .. }
+            | MerchantNotSuspended { .. }
+            | PaymentAlreadyExists(_)
+            | PaymentNotAwaitingAuthorization { .. }
+            | PaymentNotCapturable { .. }
+            | PaymentNotVoidable { .. }
+            | PaymentNotRefundable { .. }
+            | PaymentNotUnderReview { .. }
+            | PaymentNotDisputable { .. }
+            | AuthorizationExpired
+            | AuthorizationNotExpired { .. }
+            | NothingToSettle => None,
         }
     }
 
-    /// Every code, for docs and the test that each has a scenario.
-    pub const ALL_CODES: &'static [&'static str] = &[
-        "amount_not_positive",
-        "amount_overflow",
-        "currency_mismatch",
-        "invalid_card_number",
-        "invalid_expiry_month",
-        "card_expired",
-        "invalid_cvc",
-        "invalid_field",
-        "too_many_metadata_keys",
-        "invalid_fee_schedule",
-        "merchant_not_found",
-        "payment_not_found",
-        "dispute_not_found",
-        "api_key_not_found",
-        "api_key_already_exists",
-        "api_key_already_revoked",
-        "merchant_already_exists",
-        "merchant_suspended",
-        "merchant_closed",
-        "merchant_not_active",
-        "merchant_not_suspended",
-        "tier_unchanged",
-        "amount_exceeds_tier_limit",
-        "daily_volume_exceeded",
-        "payment_already_exists",
-        "payment_not_awaiting_authorization",
-        "payment_not_capturable",
-        "amount_exceeds_capturable",
-        "payment_not_voidable",
-        "payment_not_refundable",
-        "amount_exceeds_refundable",
-        "payment_not_under_review",
-        "payment_not_disputable",
-        "amount_exceeds_disputable",
-        "dispute_already_resolved",
-        "authorization_expired",
-        "authorization_not_expired",
-        "nothing_to_settle",
-    ];
+    /// Every code, for docs and the test that each has a scenario (derived
+    /// from [`ErrorCode::ALL`]).
+    pub const ALL_CODES: &'static [&'static str] = ErrorCode::ALL_STR;
 }

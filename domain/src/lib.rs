@@ -18,9 +18,11 @@ pub mod money;
 pub mod openapi;
 pub mod payment;
 pub mod risk;
+/// The given/when/then helper of aggregate tests (feature `testkit`).
+#[cfg(feature = "testkit")]
 pub mod testing;
 pub mod time;
 
 pub use aggregate::{Aggregate, Context, DomainEvent};
-pub use error::{DomainError, ErrorKind};
+pub use error::{DomainError, ErrorCode, ErrorKind};
 pub use money::{Currency, Money, MoneyError};

@@ -135,7 +135,8 @@ pub enum MerchantCommand {
         name: String,
         country: CountryCode,
         default_currency: Currency,
-        settlement_currency: Currency,
+        /// `None` settles in the default currency.
+        settlement_currency: Option<Currency>,
         tier: Tier,
         fees: FeeSchedule,
         now: Timestamp,
@@ -246,13 +247,13 @@ fn decide_new(command: MerchantCommand) -> Result<Vec<MerchantEvent>, DomainErro
                 name: name.trim().to_string(),
                 country,
                 default_currency,
-                settlement_currency,
+                settlement_currency: settlement_currency.unwrap_or(default_currency),
                 tier,
                 fees,
                 onboarded_at: now,
             }])
         }
-        _ => Err(DomainError::MerchantNotFound),
+        _ => Err(DomainError::MerchantNotFound { param: None }),
     }
 }
 

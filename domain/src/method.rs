@@ -88,15 +88,18 @@ impl<'de> Deserialize<'de> for Cvc {
     }
 }
 
-/// The Luhn (mod 10) check digit test.
-pub fn luhn_valid(digits: &str) -> bool {
+/// The Luhn (mod 10) sum of `digits`, doubling every second digit from the
+/// right starting with the rightmost when `double_last` (a payload without its
+/// check digit), with the second when not (a whole number). `None` if a byte
+/// is not a digit. The one Luhn in the code base.
+fn luhn_sum(digits: &str, double_last: bool) -> Option<u32> {
     let mut sum = 0_u32;
     for (i, b) in digits.bytes().rev().enumerate() {
         if !b.is_ascii_digit() {
-            return false;
+            return None;
         }
         let mut d = u32::from(b - b'0');
-        if i % 2 == 1 {
+        if (i % 2 == 0) == double_last {
             d *= 2;
             if d > 9 {
                 d -= 9;
@@ -104,7 +107,18 @@ pub fn luhn_valid(digits: &str) -> bool {
         }
         sum += d;
     }
-    !digits.is_empty() && sum.is_multiple_of(10)
+    Some(sum)
+}
+
+/// The Luhn (mod 10) check digit test.
+pub fn luhn_valid(digits: &str) -> bool {
+    !digits.is_empty() && luhn_sum(digits, false).is_some_and(|sum| sum.is_multiple_of(10))
+}
+
+/// The Luhn check digit that completes `payload` (a number without its last
+/// digit); `None` if `payload` holds a byte that is not a digit.
+pub fn luhn_check_digit(payload: &str) -> Option<u32> {
+    luhn_sum(payload, true).map(|sum| (10 - sum % 10) % 10)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -458,6 +472,11 @@ mod tests {
         assert!(!luhn_valid("4242424242424241"));
         assert!(!luhn_valid(""));
         assert!(!luhn_valid("42a2"));
+        for valid in ["4242424242424242", "5555555555554444", "378282246310005"] {
+            let (payload, check) = valid.split_at(valid.len() - 1);
+            assert_eq!(luhn_check_digit(payload).map(|d| d.to_string()), Some(check.to_string()), "{valid}");
+        }
+        assert_eq!(luhn_check_digit("42a"), None);
     }
 
     #[test]

@@ -149,7 +149,8 @@ pub enum DisputeOutcome {
 #[derive(Debug, Clone)]
 pub struct InitiatePayment {
     pub payment_id: PaymentId,
-    pub merchant: Merchant,
+    /// The merchant as it stands (`None`: it does not exist).
+    pub merchant: Option<Merchant>,
     pub amount: Money,
     pub capture_method: CaptureMethod,
     pub method: PaymentMethodInput,
@@ -396,27 +397,160 @@ impl std::fmt::Display for PaymentStatus {
     }
 }
 
-/// The facts a payment's status is derived from: the one place the status
-/// rule lives (read models that keep their own copy of these facts use it too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum ReviewState {
+    NotRequired,
+    Pending,
+    Approved,
+    Rejected,
+}
+
+/// What a payment's events add up to: its review state, outcome flags and
+/// amounts (minor units of the payment's currency). The one fold of a
+/// payment's figures, shared by the aggregate's state ([`Payment::figures`])
+/// and the payment search read model, and the one place the status rule
+/// lives ([`PaymentFigures::status`]). Every sum is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatusFacts {
-    pub declined: bool,
-    pub voided: bool,
-    pub review_pending: bool,
+pub struct PaymentFigures {
+    pub review: ReviewState,
+    pub decline_code: Option<DeclineCode>,
     pub authorized: bool,
+    pub voided: bool,
     pub expired: bool,
     pub amount_capturable: i64,
     pub amount_captured: i64,
     pub amount_refunded: i64,
+    /// Under open disputes.
+    pub amount_disputed: i64,
+    /// Lost to chargebacks.
+    pub amount_dispute_lost: i64,
+    pub amount_settled: i64,
+    pub fees_charged: i64,
+    pub fees_settled: i64,
+    /// The time of the latest event.
+    pub updated_at: Timestamp,
 }
 
-impl StatusFacts {
-    pub fn status(self) -> PaymentStatus {
-        if self.declined {
+fn add(total: i64, amount: &Money) -> Result<i64, DomainError> {
+    total.checked_add(amount.amount_minor).ok_or(DomainError::AmountOverflow)
+}
+
+fn sub(total: i64, amount: &Money) -> Result<i64, DomainError> {
+    total.checked_sub(amount.amount_minor).ok_or(DomainError::AmountOverflow)
+}
+
+impl PaymentFigures {
+    /// The figures of a payment just initiated at `at`.
+    pub fn initiated(at: Timestamp) -> PaymentFigures {
+        PaymentFigures {
+            review: ReviewState::NotRequired,
+            decline_code: None,
+            authorized: false,
+            voided: false,
+            expired: false,
+            amount_capturable: 0,
+            amount_captured: 0,
+            amount_refunded: 0,
+            amount_disputed: 0,
+            amount_dispute_lost: 0,
+            amount_settled: 0,
+            fees_charged: 0,
+            fees_settled: 0,
+            updated_at: at,
+        }
+    }
+
+    /// Applies one event of the payment. A sum that would overflow is an
+    /// error and leaves the figures as they were (`decide` bounds every
+    /// amount by the authorized one, so events it produced never overflow).
+    pub fn apply(&mut self, event: &PaymentEvent) -> Result<(), DomainError> {
+        let mut next = *self;
+        next.updated_at = next.step(event)?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Changes the figures for `event`; returns the event's time.
+    fn step(&mut self, event: &PaymentEvent) -> Result<Timestamp, DomainError> {
+        use PaymentEvent as E;
+        Ok(match event {
+            E::PaymentInitiated { initiated_at, .. } => *initiated_at,
+            E::PaymentRiskAssessed { decision, assessed_at, .. } => {
+                if *decision == RiskDecision::Review {
+                    self.review = ReviewState::Pending;
+                }
+                *assessed_at
+            }
+            E::PaymentAuthorized { amount, authorized_at, .. } => {
+                self.authorized = true;
+                self.amount_capturable = amount.amount_minor;
+                *authorized_at
+            }
+            E::PaymentDeclined { decline_code, declined_at } => {
+                self.decline_code = Some(*decline_code);
+                self.amount_capturable = 0;
+                *declined_at
+            }
+            E::PaymentReviewApproved { reviewed_at, .. } => {
+                self.review = ReviewState::Approved;
+                *reviewed_at
+            }
+            E::PaymentReviewRejected { reviewed_at, .. } => {
+                self.review = ReviewState::Rejected;
+                self.decline_code = Some(DeclineCode::ReviewRejected);
+                self.amount_capturable = 0;
+                *reviewed_at
+            }
+            E::PaymentCaptured { amount, fee, final_capture, captured_at, .. } => {
+                self.amount_captured = add(self.amount_captured, amount)?;
+                self.amount_capturable = if *final_capture { 0 } else { sub(self.amount_capturable, amount)? };
+                self.fees_charged = add(self.fees_charged, fee)?;
+                *captured_at
+            }
+            E::PaymentVoided { voided_at, .. } => {
+                self.voided = true;
+                self.amount_capturable = 0;
+                *voided_at
+            }
+            E::PaymentAuthorizationExpired { expired_at, .. } => {
+                self.expired = true;
+                self.amount_capturable = 0;
+                *expired_at
+            }
+            E::PaymentRefunded { amount, refunded_at, .. } => {
+                self.amount_refunded = add(self.amount_refunded, amount)?;
+                *refunded_at
+            }
+            E::PaymentDisputeOpened { amount, opened_at, .. } => {
+                self.amount_disputed = add(self.amount_disputed, amount)?;
+                *opened_at
+            }
+            E::PaymentDisputeWon { amount, resolved_at, .. } => {
+                self.amount_disputed = sub(self.amount_disputed, amount)?;
+                *resolved_at
+            }
+            E::PaymentDisputeLost { amount, resolved_at, .. } => {
+                self.amount_disputed = sub(self.amount_disputed, amount)?;
+                self.amount_dispute_lost = add(self.amount_dispute_lost, amount)?;
+                *resolved_at
+            }
+            E::PaymentSettled { amount, fees, settled_at, .. } => {
+                self.amount_settled = add(self.amount_settled, amount)?;
+                self.fees_settled = add(self.fees_settled, fees)?;
+                *settled_at
+            }
+        })
+    }
+
+    /// The status the API shows.
+    pub fn status(&self) -> PaymentStatus {
+        if self.decline_code.is_some() {
             PaymentStatus::Declined
         } else if self.voided {
             PaymentStatus::Voided
-        } else if self.review_pending {
+        } else if self.review == ReviewState::Pending {
             PaymentStatus::RequiresReview
         } else if !self.authorized {
             PaymentStatus::Pending
@@ -432,16 +566,17 @@ impl StatusFacts {
             PaymentStatus::Authorized
         }
     }
-}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum ReviewState {
-    NotRequired,
-    Pending,
-    Approved,
-    Rejected,
+    /// What may still be refunded: captured minus refunded minus amounts
+    /// under open or lost disputes (a refund must never pay back money a
+    /// chargeback already took or may take).
+    pub fn amount_refundable(&self) -> Result<i64, DomainError> {
+        self.amount_captured
+            .checked_sub(self.amount_refunded)
+            .and_then(|left| left.checked_sub(self.amount_disputed))
+            .and_then(|left| left.checked_sub(self.amount_dispute_lost))
+            .ok_or(DomainError::AmountOverflow)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -498,19 +633,10 @@ pub struct Payment {
     pub metadata: BTreeMap<String, String>,
     pub fees: FeeSchedule,
     pub created_at: Timestamp,
-    pub updated_at: Timestamp,
     pub risk: Option<RiskAssessment>,
-    pub review: ReviewState,
     pub authorization: Option<Authorization>,
-    pub decline_code: Option<DeclineCode>,
-    pub voided: bool,
-    pub expired: bool,
-    pub amount_capturable: i64,
-    pub amount_captured: i64,
-    pub amount_refunded: i64,
-    pub amount_settled: i64,
-    pub fees_charged: i64,
-    pub fees_settled: i64,
+    /// Status flags, amounts and the time of the latest event.
+    pub figures: PaymentFigures,
     pub captures: Vec<Capture>,
     pub refunds: Vec<Refund>,
     pub disputes: Vec<Dispute>,
@@ -518,46 +644,39 @@ pub struct Payment {
 
 impl Payment {
     pub fn status(&self) -> PaymentStatus {
-        StatusFacts {
-            declined: self.decline_code.is_some(),
-            voided: self.voided,
-            review_pending: self.review == ReviewState::Pending,
-            authorized: self.authorization.is_some(),
-            expired: self.expired,
-            amount_capturable: self.amount_capturable,
-            amount_captured: self.amount_captured,
-            amount_refunded: self.amount_refunded,
-        }
-        .status()
+        self.figures.status()
+    }
+
+    /// Whether the payment waits for the acquirer's answer: what
+    /// `RecordAuthorization` requires, and what the write side asks before it
+    /// calls the acquirer.
+    pub fn awaits_acquirer(&self) -> bool {
+        self.authorization.is_none()
+            && self.figures.decline_code.is_none()
+            && matches!(self.status(), PaymentStatus::Pending | PaymentStatus::RequiresReview)
     }
 
     pub fn money(&self, amount_minor: i64) -> Money {
         Money::new(amount_minor, self.amount.currency)
     }
 
-    fn disputed_minor(&self, status: DisputeStatus) -> i64 {
-        self.disputes.iter().filter(|d| d.status == status).map(|d| d.amount_minor).sum()
-    }
-
     /// Amount lost to chargebacks.
     pub fn amount_dispute_lost(&self) -> i64 {
-        self.disputed_minor(DisputeStatus::Lost)
+        self.figures.amount_dispute_lost
     }
 
     /// Amount under open disputes.
     pub fn amount_disputed_open(&self) -> i64 {
-        self.disputed_minor(DisputeStatus::Open)
+        self.figures.amount_disputed
     }
 
-    /// What may still be refunded: captured minus refunded minus amounts
-    /// under open or lost disputes (a refund must never pay back money a
-    /// chargeback already took or may take).
-    pub fn amount_refundable(&self) -> i64 {
-        self.amount_captured - self.amount_refunded - self.amount_disputed_open() - self.amount_dispute_lost()
+    /// What may still be refunded ([`PaymentFigures::amount_refundable`]).
+    pub fn amount_refundable(&self) -> Result<i64, DomainError> {
+        self.figures.amount_refundable()
     }
 
     /// What a new dispute may still claim: the same bound as refunds.
-    pub fn amount_disputable(&self) -> i64 {
+    pub fn amount_disputable(&self) -> Result<i64, DomainError> {
         self.amount_refundable()
     }
 
@@ -624,19 +743,9 @@ impl Aggregate for PaymentAggregate {
                 metadata: metadata.clone(),
                 fees: *fees,
                 created_at: *initiated_at,
-                updated_at: *initiated_at,
                 risk: None,
-                review: ReviewState::NotRequired,
                 authorization: None,
-                decline_code: None,
-                voided: false,
-                expired: false,
-                amount_capturable: 0,
-                amount_captured: 0,
-                amount_refunded: 0,
-                amount_settled: 0,
-                fees_charged: 0,
-                fees_settled: 0,
+                figures: PaymentFigures::initiated(*initiated_at),
                 captures: Vec::new(),
                 refunds: Vec::new(),
                 disputes: Vec::new(),
@@ -672,6 +781,7 @@ fn decide_initiate(cmd: InitiatePayment, context: &Context) -> Result<Vec<Paymen
         signals,
         now,
     } = cmd;
+    let merchant = merchant.ok_or(DomainError::MerchantNotFound { param: None })?;
     if !amount.is_positive() {
         return Err(DomainError::AmountNotPositive { param: "amount" });
     }
@@ -740,162 +850,218 @@ fn decide_existing(
     command: PaymentCommand,
     context: &Context,
 ) -> Result<Vec<PaymentEvent>, DomainError> {
-    use PaymentEvent as E;
-    let status = payment.status();
+    use PaymentCommand as C;
     match command {
-        PaymentCommand::Initiate(_) => Err(DomainError::PaymentAlreadyExists(payment.id)),
-        PaymentCommand::RecordAuthorization { outcome, now } => {
-            let awaiting = payment.authorization.is_none()
-                && payment.decline_code.is_none()
-                && matches!(status, PaymentStatus::Pending | PaymentStatus::RequiresReview);
-            if !awaiting {
-                return Err(DomainError::PaymentNotAwaitingAuthorization { status });
-            }
-            match outcome {
-                AcquirerOutcome::Declined { decline_code } => {
-                    Ok(vec![E::PaymentDeclined { decline_code, declined_at: now }])
-                }
-                AcquirerOutcome::Approved { acquirer_reference } => {
-                    validate_text("acquirer_reference", &acquirer_reference, MAX_ACQUIRER_REFERENCE_CHARS, true)?;
-                    let mut events = vec![E::PaymentAuthorized {
-                        acquirer_reference,
-                        amount: payment.amount,
-                        authorized_at: now,
-                        expires_at: now.plus(context.authorization_ttl),
-                    }];
-                    if payment.capture_method == CaptureMethod::Automatic && payment.review != ReviewState::Pending {
-                        events.push(payment.automatic_capture(first_capture_id(payment), now)?);
-                    }
-                    Ok(events)
-                }
-            }
+        C::Initiate(_) => Err(DomainError::PaymentAlreadyExists(payment.id)),
+        C::RecordAuthorization { outcome, now } => decide_authorization(payment, outcome, now, context),
+        C::Review { decision, reason, now } => decide_review(payment, decision, reason, now),
+        C::Capture { capture_id, amount, final_capture, now } => {
+            decide_capture(payment, capture_id, amount, final_capture, now)
         }
-        PaymentCommand::Review { decision, reason, now } => {
-            if status != PaymentStatus::RequiresReview {
-                return Err(DomainError::PaymentNotUnderReview { status });
-            }
-            if let Some(reason) = &reason {
-                validate_text("reason", reason, MAX_REASON_CHARS, false)?;
-            }
-            match decision {
-                ReviewDecision::Reject => Ok(vec![E::PaymentReviewRejected {
-                    reason,
-                    amount_released: payment.money(payment.amount_capturable),
-                    reviewed_at: now,
-                }]),
-                ReviewDecision::Approve => {
-                    let mut events = vec![E::PaymentReviewApproved { reason, reviewed_at: now }];
-                    if payment.authorization.is_some() && payment.capture_method == CaptureMethod::Automatic {
-                        events.push(payment.automatic_capture(first_capture_id(payment), now)?);
-                    }
-                    Ok(events)
-                }
-            }
+        C::Void { reason, now } => decide_void(payment, reason, now),
+        C::ExpireAuthorization { now } => decide_expiry(payment, now),
+        C::Refund { refund_id, amount, reason, now } => decide_refund(payment, refund_id, amount, reason, now),
+        C::OpenDispute { dispute_id, amount, reason, now } => {
+            decide_open_dispute(payment, dispute_id, amount, reason, now)
         }
-        PaymentCommand::Capture { capture_id, amount, final_capture, now } => {
-            let capturable_status = matches!(status, PaymentStatus::Authorized | PaymentStatus::Captured);
-            if !capturable_status || payment.amount_capturable == 0 {
-                return Err(DomainError::PaymentNotCapturable { status });
-            }
-            if payment.authorization.as_ref().is_some_and(|a| now >= a.expires_at) {
-                return Err(DomainError::AuthorizationExpired);
-            }
-            let capturable = payment.money(payment.amount_capturable);
-            let amount = match amount {
-                Some(amount) => amount.in_currency(payment.amount.currency)?,
-                None => capturable,
-            };
-            if amount.amount_minor > capturable.amount_minor {
-                return Err(DomainError::AmountExceedsCapturable { capturable, requested: amount });
-            }
-            let fee = payment.fees.fee_for_capture(amount, payment.captures.is_empty())?;
-            let final_capture = final_capture || amount == capturable;
-            Ok(vec![E::PaymentCaptured { capture_id, amount, fee, final_capture, captured_at: now }])
+        C::ResolveDispute { dispute_id, outcome, now } => decide_resolve_dispute(payment, dispute_id, outcome, now),
+        C::Settle { batch_id, now } => decide_settle(payment, batch_id, now),
+    }
+}
+
+fn validate_reason(reason: Option<&String>) -> Result<(), DomainError> {
+    match reason {
+        Some(reason) => validate_text("reason", reason, MAX_REASON_CHARS, false),
+        None => Ok(()),
+    }
+}
+
+fn decide_authorization(
+    payment: &Payment,
+    outcome: AcquirerOutcome,
+    now: Timestamp,
+    context: &Context,
+) -> Result<Vec<PaymentEvent>, DomainError> {
+    if !payment.awaits_acquirer() {
+        return Err(DomainError::PaymentNotAwaitingAuthorization { status: payment.status() });
+    }
+    match outcome {
+        AcquirerOutcome::Declined { decline_code } => {
+            Ok(vec![PaymentEvent::PaymentDeclined { decline_code, declined_at: now }])
         }
-        PaymentCommand::Void { reason, now } => {
-            let voidable = matches!(status, PaymentStatus::Authorized | PaymentStatus::RequiresReview)
-                && payment.captures.is_empty();
-            if !voidable {
-                return Err(DomainError::PaymentNotVoidable { status });
+        AcquirerOutcome::Approved { acquirer_reference } => {
+            validate_text("acquirer_reference", &acquirer_reference, MAX_ACQUIRER_REFERENCE_CHARS, true)?;
+            let mut events = vec![PaymentEvent::PaymentAuthorized {
+                acquirer_reference,
+                amount: payment.amount,
+                authorized_at: now,
+                expires_at: now.plus(context.authorization_ttl),
+            }];
+            if payment.capture_method == CaptureMethod::Automatic && payment.figures.review != ReviewState::Pending {
+                events.push(payment.automatic_capture(first_capture_id(payment), now)?);
             }
-            if let Some(reason) = &reason {
-                validate_text("reason", reason, MAX_REASON_CHARS, false)?;
-            }
-            Ok(vec![E::PaymentVoided {
-                amount_released: payment.money(payment.amount_capturable),
-                reason,
-                voided_at: now,
-            }])
-        }
-        PaymentCommand::ExpireAuthorization { now } => {
-            let holding = payment.amount_capturable > 0
-                && matches!(
-                    status,
-                    PaymentStatus::Authorized | PaymentStatus::Captured | PaymentStatus::RequiresReview
-                );
-            let due = payment.authorization.as_ref().is_some_and(|a| now >= a.expires_at);
-            if !holding || !due {
-                return Err(DomainError::AuthorizationNotExpired { status });
-            }
-            Ok(vec![E::PaymentAuthorizationExpired {
-                amount_released: payment.money(payment.amount_capturable),
-                expired_at: now,
-            }])
-        }
-        PaymentCommand::Refund { refund_id, amount, reason, now } => {
-            if payment.amount_captured == 0 || status == PaymentStatus::Refunded {
-                return Err(DomainError::PaymentNotRefundable { status });
-            }
-            if let Some(reason) = &reason {
-                validate_text("reason", reason, MAX_REASON_CHARS, false)?;
-            }
-            let refundable = payment.money(payment.amount_refundable());
-            let amount = match amount {
-                Some(amount) => amount.in_currency(payment.amount.currency)?,
-                None if refundable.is_positive() => refundable,
-                None => return Err(DomainError::PaymentNotRefundable { status }),
-            };
-            if amount.amount_minor > refundable.amount_minor {
-                return Err(DomainError::AmountExceedsRefundable { refundable, requested: amount });
-            }
-            Ok(vec![E::PaymentRefunded { refund_id, amount, reason, refunded_at: now }])
-        }
-        PaymentCommand::OpenDispute { dispute_id, amount, reason, now } => {
-            if payment.amount_captured == 0 {
-                return Err(DomainError::PaymentNotDisputable { status });
-            }
-            validate_text("reason", &reason, MAX_REASON_CHARS, true)?;
-            let amount = amount.in_currency(payment.amount.currency)?;
-            let disputable = payment.money(payment.amount_disputable());
-            if amount.amount_minor > disputable.amount_minor {
-                return Err(DomainError::AmountExceedsDisputable { disputable, requested: amount });
-            }
-            Ok(vec![E::PaymentDisputeOpened { dispute_id, amount, reason, opened_at: now }])
-        }
-        PaymentCommand::ResolveDispute { dispute_id, outcome, now } => {
-            let dispute = payment.find_dispute(dispute_id)?;
-            if dispute.status != DisputeStatus::Open {
-                return Err(DomainError::DisputeAlreadyResolved(dispute_id));
-            }
-            let amount = payment.money(dispute.amount_minor);
-            Ok(vec![match outcome {
-                DisputeOutcome::Won => E::PaymentDisputeWon { dispute_id, amount, resolved_at: now },
-                DisputeOutcome::Lost => E::PaymentDisputeLost { dispute_id, amount, resolved_at: now },
-            }])
-        }
-        PaymentCommand::Settle { batch_id, now } => {
-            let unsettled = payment.amount_captured - payment.amount_settled;
-            if unsettled <= 0 {
-                return Err(DomainError::NothingToSettle);
-            }
-            Ok(vec![E::PaymentSettled {
-                batch_id,
-                amount: payment.money(unsettled),
-                fees: payment.money(payment.fees_charged - payment.fees_settled),
-                settled_at: now,
-            }])
+            Ok(events)
         }
     }
+}
+
+fn decide_review(
+    payment: &Payment,
+    decision: ReviewDecision,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<Vec<PaymentEvent>, DomainError> {
+    let status = payment.status();
+    if status != PaymentStatus::RequiresReview {
+        return Err(DomainError::PaymentNotUnderReview { status });
+    }
+    validate_reason(reason.as_ref())?;
+    match decision {
+        ReviewDecision::Reject => Ok(vec![PaymentEvent::PaymentReviewRejected {
+            reason,
+            amount_released: payment.money(payment.figures.amount_capturable),
+            reviewed_at: now,
+        }]),
+        ReviewDecision::Approve => {
+            let mut events = vec![PaymentEvent::PaymentReviewApproved { reason, reviewed_at: now }];
+            if payment.authorization.is_some() && payment.capture_method == CaptureMethod::Automatic {
+                events.push(payment.automatic_capture(first_capture_id(payment), now)?);
+            }
+            Ok(events)
+        }
+    }
+}
+
+fn decide_capture(
+    payment: &Payment,
+    capture_id: CaptureId,
+    amount: Option<AmountInput>,
+    final_capture: bool,
+    now: Timestamp,
+) -> Result<Vec<PaymentEvent>, DomainError> {
+    let status = payment.status();
+    let capturable_status = matches!(status, PaymentStatus::Authorized | PaymentStatus::Captured);
+    if !capturable_status || payment.figures.amount_capturable == 0 {
+        return Err(DomainError::PaymentNotCapturable { status });
+    }
+    if payment.authorization.as_ref().is_some_and(|a| now >= a.expires_at) {
+        return Err(DomainError::AuthorizationExpired);
+    }
+    let capturable = payment.money(payment.figures.amount_capturable);
+    let amount = match amount {
+        Some(amount) => amount.in_currency(payment.amount.currency)?,
+        None => capturable,
+    };
+    if amount.amount_minor > capturable.amount_minor {
+        return Err(DomainError::AmountExceedsCapturable { capturable, requested: amount });
+    }
+    let fee = payment.fees.fee_for_capture(amount, payment.captures.is_empty())?;
+    let final_capture = final_capture || amount == capturable;
+    Ok(vec![PaymentEvent::PaymentCaptured { capture_id, amount, fee, final_capture, captured_at: now }])
+}
+
+fn decide_void(payment: &Payment, reason: Option<String>, now: Timestamp) -> Result<Vec<PaymentEvent>, DomainError> {
+    let status = payment.status();
+    let voidable =
+        matches!(status, PaymentStatus::Authorized | PaymentStatus::RequiresReview) && payment.captures.is_empty();
+    if !voidable {
+        return Err(DomainError::PaymentNotVoidable { status });
+    }
+    validate_reason(reason.as_ref())?;
+    Ok(vec![PaymentEvent::PaymentVoided {
+        amount_released: payment.money(payment.figures.amount_capturable),
+        reason,
+        voided_at: now,
+    }])
+}
+
+fn decide_expiry(payment: &Payment, now: Timestamp) -> Result<Vec<PaymentEvent>, DomainError> {
+    let status = payment.status();
+    let holding = payment.figures.amount_capturable > 0
+        && matches!(status, PaymentStatus::Authorized | PaymentStatus::Captured | PaymentStatus::RequiresReview);
+    let due = payment.authorization.as_ref().is_some_and(|a| now >= a.expires_at);
+    if !holding || !due {
+        return Err(DomainError::AuthorizationNotExpired { status });
+    }
+    Ok(vec![PaymentEvent::PaymentAuthorizationExpired {
+        amount_released: payment.money(payment.figures.amount_capturable),
+        expired_at: now,
+    }])
+}
+
+fn decide_refund(
+    payment: &Payment,
+    refund_id: RefundId,
+    amount: Option<AmountInput>,
+    reason: Option<String>,
+    now: Timestamp,
+) -> Result<Vec<PaymentEvent>, DomainError> {
+    let status = payment.status();
+    if payment.figures.amount_captured == 0 || status == PaymentStatus::Refunded {
+        return Err(DomainError::PaymentNotRefundable { status });
+    }
+    validate_reason(reason.as_ref())?;
+    let refundable = payment.money(payment.amount_refundable()?);
+    let amount = match amount {
+        Some(amount) => amount.in_currency(payment.amount.currency)?,
+        None if refundable.is_positive() => refundable,
+        None => return Err(DomainError::PaymentNotRefundable { status }),
+    };
+    if amount.amount_minor > refundable.amount_minor {
+        return Err(DomainError::AmountExceedsRefundable { refundable, requested: amount });
+    }
+    Ok(vec![PaymentEvent::PaymentRefunded { refund_id, amount, reason, refunded_at: now }])
+}
+
+fn decide_open_dispute(
+    payment: &Payment,
+    dispute_id: DisputeId,
+    amount: AmountInput,
+    reason: String,
+    now: Timestamp,
+) -> Result<Vec<PaymentEvent>, DomainError> {
+    if payment.figures.amount_captured == 0 {
+        return Err(DomainError::PaymentNotDisputable { status: payment.status() });
+    }
+    validate_text("reason", &reason, MAX_REASON_CHARS, true)?;
+    let amount = amount.in_currency(payment.amount.currency)?;
+    let disputable = payment.money(payment.amount_disputable()?);
+    if amount.amount_minor > disputable.amount_minor {
+        return Err(DomainError::AmountExceedsDisputable { disputable, requested: amount });
+    }
+    Ok(vec![PaymentEvent::PaymentDisputeOpened { dispute_id, amount, reason, opened_at: now }])
+}
+
+fn decide_resolve_dispute(
+    payment: &Payment,
+    dispute_id: DisputeId,
+    outcome: DisputeOutcome,
+    now: Timestamp,
+) -> Result<Vec<PaymentEvent>, DomainError> {
+    let dispute = payment.find_dispute(dispute_id)?;
+    if dispute.status != DisputeStatus::Open {
+        return Err(DomainError::DisputeAlreadyResolved(dispute_id));
+    }
+    let amount = payment.money(dispute.amount_minor);
+    Ok(vec![match outcome {
+        DisputeOutcome::Won => PaymentEvent::PaymentDisputeWon { dispute_id, amount, resolved_at: now },
+        DisputeOutcome::Lost => PaymentEvent::PaymentDisputeLost { dispute_id, amount, resolved_at: now },
+    }])
+}
+
+fn decide_settle(payment: &Payment, batch_id: BatchId, now: Timestamp) -> Result<Vec<PaymentEvent>, DomainError> {
+    let figures = &payment.figures;
+    let unsettled = figures.amount_captured.checked_sub(figures.amount_settled).ok_or(DomainError::AmountOverflow)?;
+    if unsettled <= 0 {
+        return Err(DomainError::NothingToSettle);
+    }
+    let fees = figures.fees_charged.checked_sub(figures.fees_settled).ok_or(DomainError::AmountOverflow)?;
+    Ok(vec![PaymentEvent::PaymentSettled {
+        batch_id,
+        amount: payment.money(unsettled),
+        fees: payment.money(fees),
+        settled_at: now,
+    }])
 }
 
 /// The id of an automatic capture is derived from the payment id, so a
@@ -906,97 +1072,51 @@ fn first_capture_id(payment: &Payment) -> CaptureId {
 
 fn evolve_existing(mut p: Payment, event: &PaymentEvent) -> Payment {
     use PaymentEvent as E;
-    // `decide` bounds every amount by the authorized amount, so the sums
-    // below stay far from i64::MAX; saturating keeps `evolve` total anyway.
+    // The figures: the fold shared with the search model. `decide` bounds
+    // every amount by the authorized amount, so the checked sums never fail
+    // on events it produced; `evolve` stays total and keeps the last figures.
+    let applied = p.figures.apply(event);
+    debug_assert!(applied.is_ok(), "payment figures overflowed: {applied:?}");
+    // The details only the aggregate keeps.
     match event {
-        E::PaymentInitiated { .. } => {}
-        E::PaymentRiskAssessed { score, decision, rules, assessed_at, .. } => {
+        E::PaymentRiskAssessed { score, decision, rules, .. } => {
             p.risk = Some(RiskAssessment { score: *score, decision: *decision, rules: rules.clone() });
-            if *decision == RiskDecision::Review {
-                p.review = ReviewState::Pending;
-            }
-            p.updated_at = *assessed_at;
         }
-        E::PaymentAuthorized { acquirer_reference, amount, authorized_at, expires_at } => {
+        E::PaymentAuthorized { acquirer_reference, authorized_at, expires_at, .. } => {
             p.authorization = Some(Authorization {
                 acquirer_reference: acquirer_reference.clone(),
                 authorized_at: *authorized_at,
                 expires_at: *expires_at,
             });
-            p.amount_capturable = amount.amount_minor;
-            p.updated_at = *authorized_at;
         }
-        E::PaymentDeclined { decline_code, declined_at } => {
-            p.decline_code = Some(*decline_code);
-            p.amount_capturable = 0;
-            p.updated_at = *declined_at;
-        }
-        E::PaymentReviewApproved { reviewed_at, .. } => {
-            p.review = ReviewState::Approved;
-            p.updated_at = *reviewed_at;
-        }
-        E::PaymentReviewRejected { reviewed_at, .. } => {
-            p.review = ReviewState::Rejected;
-            p.decline_code = Some(DeclineCode::ReviewRejected);
-            p.amount_capturable = 0;
-            p.updated_at = *reviewed_at;
-        }
-        E::PaymentCaptured { capture_id, amount, fee, final_capture, captured_at } => {
-            p.amount_captured = p.amount_captured.saturating_add(amount.amount_minor);
-            p.amount_capturable =
-                if *final_capture { 0 } else { p.amount_capturable.saturating_sub(amount.amount_minor) };
-            p.fees_charged = p.fees_charged.saturating_add(fee.amount_minor);
-            p.captures.push(Capture {
-                id: *capture_id,
-                amount_minor: amount.amount_minor,
-                fee_minor: fee.amount_minor,
-                captured_at: *captured_at,
-            });
-            p.updated_at = *captured_at;
-        }
-        E::PaymentVoided { voided_at, .. } => {
-            p.voided = true;
-            p.amount_capturable = 0;
-            p.updated_at = *voided_at;
-        }
-        E::PaymentAuthorizationExpired { expired_at, .. } => {
-            p.expired = true;
-            p.amount_capturable = 0;
-            p.updated_at = *expired_at;
-        }
-        E::PaymentRefunded { refund_id, amount, reason, refunded_at } => {
-            p.amount_refunded = p.amount_refunded.saturating_add(amount.amount_minor);
-            p.refunds.push(Refund {
-                id: *refund_id,
-                amount_minor: amount.amount_minor,
-                reason: reason.clone(),
-                refunded_at: *refunded_at,
-            });
-            p.updated_at = *refunded_at;
-        }
-        E::PaymentDisputeOpened { dispute_id, amount, reason, opened_at } => {
-            p.disputes.push(Dispute {
-                id: *dispute_id,
-                amount_minor: amount.amount_minor,
-                reason: reason.clone(),
-                status: DisputeStatus::Open,
-                opened_at: *opened_at,
-            });
-            p.updated_at = *opened_at;
-        }
-        E::PaymentDisputeWon { dispute_id, resolved_at, .. } => {
-            set_dispute_status(&mut p, *dispute_id, DisputeStatus::Won);
-            p.updated_at = *resolved_at;
-        }
-        E::PaymentDisputeLost { dispute_id, resolved_at, .. } => {
-            set_dispute_status(&mut p, *dispute_id, DisputeStatus::Lost);
-            p.updated_at = *resolved_at;
-        }
-        E::PaymentSettled { amount, fees, settled_at, .. } => {
-            p.amount_settled = p.amount_settled.saturating_add(amount.amount_minor);
-            p.fees_settled = p.fees_settled.saturating_add(fees.amount_minor);
-            p.updated_at = *settled_at;
-        }
+        E::PaymentCaptured { capture_id, amount, fee, captured_at, .. } => p.captures.push(Capture {
+            id: *capture_id,
+            amount_minor: amount.amount_minor,
+            fee_minor: fee.amount_minor,
+            captured_at: *captured_at,
+        }),
+        E::PaymentRefunded { refund_id, amount, reason, refunded_at } => p.refunds.push(Refund {
+            id: *refund_id,
+            amount_minor: amount.amount_minor,
+            reason: reason.clone(),
+            refunded_at: *refunded_at,
+        }),
+        E::PaymentDisputeOpened { dispute_id, amount, reason, opened_at } => p.disputes.push(Dispute {
+            id: *dispute_id,
+            amount_minor: amount.amount_minor,
+            reason: reason.clone(),
+            status: DisputeStatus::Open,
+            opened_at: *opened_at,
+        }),
+        E::PaymentDisputeWon { dispute_id, .. } => set_dispute_status(&mut p, *dispute_id, DisputeStatus::Won),
+        E::PaymentDisputeLost { dispute_id, .. } => set_dispute_status(&mut p, *dispute_id, DisputeStatus::Lost),
+        E::PaymentInitiated { .. }
+        | E::PaymentDeclined { .. }
+        | E::PaymentReviewApproved { .. }
+        | E::PaymentReviewRejected { .. }
+        | E::PaymentVoided { .. }
+        | E::PaymentAuthorizationExpired { .. }
+        | E::PaymentSettled { .. } => {}
     }
     p
 }

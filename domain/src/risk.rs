@@ -67,6 +67,19 @@ impl RiskRule {
 pub const REVIEW_THRESHOLD: u8 = 50;
 /// Score at or above which a payment is declined outright.
 pub const DECLINE_THRESHOLD: u8 = 80;
+/// The windows the velocity signals count over, in seconds: earlier payments
+/// with the instrument and by the customer in the last hour, declines of the
+/// instrument in the last day. The write side counts within them.
+pub const INSTRUMENT_VELOCITY_WINDOW_SECONDS: i64 = 3_600;
+pub const CUSTOMER_VELOCITY_WINDOW_SECONDS: i64 = 3_600;
+pub const REPEATED_DECLINES_WINDOW_SECONDS: i64 = 86_400;
+
+/// The day whose volume the tier's daily limit bounds: the UTC date of the
+/// authorization (and of the new payment, for the volume already taken).
+pub fn volume_day(at: crate::time::Timestamp) -> ::time::Date {
+    at.utc_date()
+}
+
 /// Velocity thresholds (counts of earlier attempts).
 pub const INSTRUMENT_VELOCITY_LIMIT: u32 = 5;
 pub const REPEATED_DECLINES_LIMIT: u32 = 3;

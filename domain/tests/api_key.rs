@@ -20,6 +20,7 @@ pub fn issue(role: Role, bound: bool) -> ApiKeyCommand {
     ApiKeyCommand::Issue {
         key_id: key_id(),
         role,
+        merchant_id: bound.then(merchant_id),
         merchant: bound.then(|| merchant(Tier::A, MerchantStatus::Active)),
         key_hash: HASH.into(),
         now: t(0),
@@ -74,6 +75,7 @@ fn rejections() {
     let closed = ApiKeyCommand::Issue {
         key_id: key_id(),
         role: Role::Merchant,
+        merchant_id: Some(merchant_id()),
         merchant: Some(merchant(Tier::A, MerchantStatus::Closed)),
         key_hash: HASH.into(),
         now: t(0),

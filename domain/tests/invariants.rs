@@ -8,7 +8,7 @@ mod support;
 use paystream_domain::id::{BatchId, CaptureId, DisputeId, RefundId};
 use paystream_domain::merchant::{MerchantStatus, Tier};
 use paystream_domain::payment::{
-    AcquirerOutcome, AmountInput, CaptureMethod, DeclineCode, DisputeOutcome, Payment, PaymentAggregate,
+    AcquirerOutcome, AmountInput, CaptureMethod, DeclineCode, DisputeOutcome, DisputeStatus, Payment, PaymentAggregate,
     PaymentCommand, PaymentEvent, ReviewDecision,
 };
 use paystream_domain::testing::test_context;
@@ -100,25 +100,36 @@ fn command(op: &Op, state: &Payment, n: u128, now_seconds: i64) -> PaymentComman
 fn check_bounds(p: &Payment) -> Result<(), TestCaseError> {
     let amount = p.amount.amount_minor;
     for value in [
-        p.amount_capturable,
-        p.amount_captured,
-        p.amount_refunded,
-        p.amount_settled,
-        p.fees_charged,
-        p.amount_refundable(),
+        p.figures.amount_capturable,
+        p.figures.amount_captured,
+        p.figures.amount_refunded,
+        p.figures.amount_settled,
+        p.figures.fees_charged,
+        p.amount_refundable().unwrap(),
     ] {
         prop_assert!(value >= 0, "negative amount in {p:?}");
     }
-    prop_assert!(p.amount_captured <= amount, "captured above authorized");
-    prop_assert!(p.amount_captured + p.amount_capturable <= amount, "capturable + captured above authorized");
+    prop_assert!(p.figures.amount_captured <= amount, "captured above authorized");
     prop_assert!(
-        p.amount_refunded <= p.amount_captured - p.amount_dispute_lost(),
+        p.figures.amount_captured + p.figures.amount_capturable <= amount,
+        "capturable + captured above authorized"
+    );
+    prop_assert!(
+        p.figures.amount_refunded <= p.figures.amount_captured - p.amount_dispute_lost(),
         "refunded above captured minus lost disputes"
     );
-    prop_assert!(p.amount_refunded + p.amount_disputed_open() + p.amount_dispute_lost() <= p.amount_captured);
-    prop_assert!(p.amount_settled <= p.amount_captured);
-    prop_assert_eq!(p.captures.iter().map(|c| c.amount_minor).sum::<i64>(), p.amount_captured);
-    prop_assert_eq!(p.refunds.iter().map(|r| r.amount_minor).sum::<i64>(), p.amount_refunded);
+    prop_assert!(
+        p.figures.amount_refunded + p.amount_disputed_open() + p.amount_dispute_lost() <= p.figures.amount_captured
+    );
+    prop_assert!(p.figures.amount_settled <= p.figures.amount_captured);
+    prop_assert_eq!(p.captures.iter().map(|c| c.amount_minor).sum::<i64>(), p.figures.amount_captured);
+    prop_assert_eq!(p.refunds.iter().map(|r| r.amount_minor).sum::<i64>(), p.figures.amount_refunded);
+    // The figures' dispute sums agree with the disputes the aggregate lists.
+    let disputed = |status: DisputeStatus| -> i64 {
+        p.disputes.iter().filter(|d| d.status == status).map(|d| d.amount_minor).sum()
+    };
+    prop_assert_eq!(disputed(DisputeStatus::Open), p.figures.amount_disputed);
+    prop_assert_eq!(disputed(DisputeStatus::Lost), p.figures.amount_dispute_lost);
     Ok(())
 }
 

@@ -16,7 +16,7 @@ fn onboard() -> MerchantCommand {
         name: "  Lotus Tea House ".into(),
         country: "US".parse().unwrap(),
         default_currency: USD,
-        settlement_currency: USD,
+        settlement_currency: Some(USD),
         tier: Tier::B,
         fees: FEES,
         now: t(0),

@@ -1,12 +1,13 @@
 //! Every rejection code of the domain, each from a given / when scenario.
 //! The table must cover `DomainError::ALL_CODES` exactly.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use paystream_domain::api_key::{ApiKeyAggregate, ApiKeyCommand, ApiKeyEvent, Role};
+use paystream_domain::error::ErrorCode;
 use paystream_domain::id::ApiKeyId;
 use paystream_domain::merchant::{
     FeeSchedule, MerchantAggregate, MerchantCommand, MerchantEvent, MerchantStatus, Tier,
@@ -55,7 +56,7 @@ fn onboard(fees: FeeSchedule) -> MerchantCommand {
         name: "Lotus".into(),
         country: "US".parse().unwrap(),
         default_currency: USD,
-        settlement_currency: USD,
+        settlement_currency: Some(USD),
         tier: Tier::B,
         fees,
         now: t(0),
@@ -77,7 +78,14 @@ fn key_id() -> ApiKeyId {
 }
 
 fn key_issue() -> ApiKeyCommand {
-    ApiKeyCommand::Issue { key_id: key_id(), role: Role::Admin, merchant: None, key_hash: "ab".repeat(32), now: t(0) }
+    ApiKeyCommand::Issue {
+        key_id: key_id(),
+        role: Role::Admin,
+        merchant_id: None,
+        merchant: None,
+        key_hash: "ab".repeat(32),
+        now: t(0),
+    }
 }
 
 fn key_issued() -> ApiKeyEvent {
@@ -170,8 +178,15 @@ fn scenarios() -> Vec<(&'static str, DomainError)> {
             ),
         ),
         ("merchant_already_exists", merchant_err(vec![onboarded()], onboard(FEES))),
-        ("merchant_suspended", pay(vec![], initiate_cmd(|c| c.merchant.status = MerchantStatus::Suspended))),
-        ("merchant_closed", pay(vec![], initiate_cmd(|c| c.merchant.status = MerchantStatus::Closed))),
+        ("merchant_not_found", pay(vec![], initiate_cmd(|c| c.merchant = None))),
+        (
+            "merchant_suspended",
+            pay(vec![], initiate_cmd(|c| c.merchant.as_mut().unwrap().status = MerchantStatus::Suspended)),
+        ),
+        (
+            "merchant_closed",
+            pay(vec![], initiate_cmd(|c| c.merchant.as_mut().unwrap().status = MerchantStatus::Closed)),
+        ),
         (
             "merchant_not_active",
             merchant_err(
@@ -190,7 +205,7 @@ fn scenarios() -> Vec<(&'static str, DomainError)> {
             pay(
                 vec![],
                 initiate_cmd(|c| {
-                    c.merchant.tier = Tier::D;
+                    c.merchant.as_mut().unwrap().tier = Tier::D;
                     c.amount = Money::new(1_001, Currency::JPY);
                     c.daily_volume = Money::zero(Currency::JPY);
                 }),
@@ -289,6 +304,33 @@ fn every_code_has_a_scenario() {
     let covered: BTreeSet<&str> = scenarios().iter().map(|(code, _)| *code).collect();
     let all: BTreeSet<&str> = DomainError::ALL_CODES.iter().copied().collect();
     assert_eq!(covered, all);
+}
+
+/// docs/errors.md lists every code once, in `ErrorCode::ALL`'s order, with
+/// the kind the code has (the API's status follows from it).
+#[test]
+fn the_error_table_lists_every_code_with_its_kind() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/errors.md")).unwrap();
+    let rows: Vec<(String, String)> = doc
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((code.to_string(), cells.get(2)?.to_string()))
+        })
+        .collect();
+    let expected: Vec<(String, String)> = ErrorCode::ALL
+        .iter()
+        .map(|code| {
+            let kind = match code.kind() {
+                ErrorKind::InvalidInput => "input",
+                ErrorKind::NotFound => "not found",
+                ErrorKind::Rejected => "rule",
+            };
+            (code.as_str().to_string(), kind.to_string())
+        })
+        .collect();
+    assert_eq!(rows, expected);
 }
 
 #[test]

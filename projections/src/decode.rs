@@ -1,11 +1,11 @@
 //! Turning stored envelopes into domain events, once per event for all projections.
 
-use paystream_domain::api_key::ApiKeyEvent;
+use paystream_domain::aggregate::stream_uuid;
+use paystream_domain::api_key::{ApiKeyAggregate, ApiKeyEvent};
 use paystream_domain::id::{MerchantId, PaymentId};
-use paystream_domain::merchant::MerchantEvent;
-use paystream_domain::payment::PaymentEvent;
+use paystream_domain::merchant::{MerchantAggregate, MerchantEvent};
+use paystream_domain::payment::{PaymentAggregate, PaymentEvent};
 use paystream_store::{Position, RecordedEvent};
-use uuid::Uuid;
 
 use crate::error::ProjectionError;
 
@@ -26,21 +26,17 @@ pub enum DomainRecord {
     Other,
 }
 
-fn stream_uuid(stream_id: &str, prefix: &str) -> Option<Uuid> {
-    stream_id.strip_prefix(prefix).and_then(|rest| Uuid::try_parse(rest).ok())
-}
-
 /// Decodes one stored event. A payload of a known category that does not parse is an
 /// error: skipping it would silently make every read model wrong.
 pub fn decode(event: &RecordedEvent) -> Result<Decoded, ProjectionError> {
     let fail = |detail: String| ProjectionError::Decode { position: event.position, detail };
-    let record = if let Some(uuid) = stream_uuid(&event.stream_id, "payment-") {
+    let record = if let Some(uuid) = stream_uuid::<PaymentAggregate>(&event.stream_id) {
         let parsed = serde_json::from_slice(&event.payload).map_err(|e| fail(e.to_string()))?;
         DomainRecord::Payment { payment_id: PaymentId::from_uuid(uuid), event: parsed }
-    } else if let Some(uuid) = stream_uuid(&event.stream_id, "merchant-") {
+    } else if let Some(uuid) = stream_uuid::<MerchantAggregate>(&event.stream_id) {
         let parsed = serde_json::from_slice(&event.payload).map_err(|e| fail(e.to_string()))?;
         DomainRecord::Merchant { merchant_id: MerchantId::from_uuid(uuid), event: parsed }
-    } else if event.stream_id.starts_with("apikey-") {
+    } else if stream_uuid::<ApiKeyAggregate>(&event.stream_id).is_some() {
         DomainRecord::ApiKey { event: serde_json::from_slice(&event.payload).map_err(|e| fail(e.to_string()))? }
     } else {
         DomainRecord::Other

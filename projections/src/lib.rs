@@ -13,8 +13,8 @@
 //!   [`dashboard`] (merchant dashboard, balances), [`search`] (payment search),
 //!   [`overview`] (platform overview with `group_by`), [`ledger`] (double-entry
 //!   journal, posting rules, trial balance).
-//! * [`bench`]: `run_rebuild_bench`; [`sim`]: realistic histories built with the
-//!   domain's `decide` (benchmark and tests).
+//! * `bench`: `run_rebuild_bench`; `sim`: realistic histories built with the
+//!   domain's `decide` (benchmark and tests); both behind the `testkit` feature.
 //!
 //! Architecture invariants: projections never append to the log; each read-model
 //! change is stored atomically with its checkpoint; a read model is a deterministic
@@ -22,6 +22,8 @@
 //! units with a currency, rates are basis points. This crate depends on `domain` and
 //! `store`, never on `commands` or `api`.
 
+/// The rebuild benchmark (feature `testkit`).
+#[cfg(feature = "testkit")]
 pub mod bench;
 mod buckets;
 mod codec;
@@ -36,6 +38,8 @@ mod model;
 pub mod overview;
 pub mod runtime;
 pub mod search;
+/// Seeded histories (feature `testkit`; this crate's unit tests).
+#[cfg(any(test, feature = "testkit"))]
 pub mod sim;
 
 pub use counters::{rate_bps, Counters, Derived, METHOD_TYPES};

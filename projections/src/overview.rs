@@ -427,6 +427,8 @@ mod tests {
     use super::*;
     use crate::model::ReadModel;
     use crate::sim::{SimOptions, Simulator};
+    use paystream_domain::aggregate::stream_uuid;
+    use paystream_domain::merchant::MerchantAggregate;
 
     /// Grouping into more rows than the bound is a 400 naming `group_by`; the same
     /// data grouped coarser answers.
@@ -439,7 +441,7 @@ mod tests {
             decoded.push(Decoded { position, record });
         };
         for (stream, events) in merchants {
-            let merchant_id = MerchantId::from_uuid(uuid::Uuid::parse_str(&stream["merchant-".len()..]).unwrap());
+            let merchant_id = MerchantId::from_uuid(stream_uuid::<MerchantAggregate>(&stream).unwrap());
             for event in events {
                 push(DomainRecord::Merchant { merchant_id, event });
             }

@@ -423,6 +423,13 @@ impl Target {
     /// then, if the set is past its budget, forgets its records (all clean now).
     /// Returns whether the stored checkpoint moved.
     fn flush(&mut self) -> Result<bool, ProjectionError> {
+        // Invariant 2 (ARCHITECTURE.md, the read side): the stored checkpoint only moves forward.
+        debug_assert!(
+            self.applied >= self.checkpoint,
+            "checkpoint {} moving back to {}",
+            self.checkpoint,
+            self.applied
+        );
         let moved = self.applied != self.checkpoint;
         if moved {
             let mut batch = sled::Batch::default();
@@ -785,44 +792,60 @@ impl Projections {
         read?;
         // Phase 2: per projection, under its write lock, apply what arrived meanwhile and switch.
         let mut last = 0;
-        for ((name, version, tree_name_new), mut target) in claimed.iter().zip(targets) {
-            let slot = self.slot(*name);
-            let _write = slot.write.lock().await;
-            loop {
-                let from = target.applied + 1;
-                let read = inner.store.read_all(from, inner.config.batch_events).await?;
-                if read.is_empty() {
-                    break;
-                }
-                events += read.len() as u64;
-                let decoded = Arc::new(decode_blocking(read, from).await?);
-                let mut applied = apply_parallel(vec![target], decoded).await?;
-                target = applied.pop().ok_or(ProjectionError::Stopped)?;
-            }
-            let mut flushed = each_parallel(vec![target], Target::flush).await?;
-            let target = flushed.pop().ok_or(ProjectionError::Stopped)?;
-            let old = slot.active();
-            let live_checkpoint = *slot.checkpoint.borrow();
-            if target.checkpoint < live_checkpoint {
-                return Err(ProjectionError::Invariant {
-                    projection: name.as_str(),
-                    position: target.checkpoint,
-                    detail: format!("rebuild ended behind the live checkpoint {live_checkpoint}"),
-                });
-            }
-            let record = Meta { version: *version, schema: slot.model.schema() };
-            inner.meta.insert(name.as_str(), serde_json::to_vec(&record).unwrap_or_default())?;
-            inner.db.flush_async().await?;
-            *slot.active.write().unwrap_or_else(PoisonError::into_inner) =
-                Active { version: *version, tree: target.tree.clone() };
-            slot.checkpoint.send_replace(target.checkpoint);
-            slot.building_until.store(0, Ordering::Release);
-            slot.set_state(SlotState::Idle);
-            inner.db.drop_tree(tree_name(*name, old.version).as_bytes())?;
-            tracing::info!(projection = %name, version, tree = %tree_name_new, checkpoint = target.checkpoint, "rebuild complete; switched");
-            last = last.max(target.checkpoint);
+        for ((name, version, tree_name_new), target) in claimed.iter().zip(targets) {
+            let (caught_up, checkpoint) = self.switch_rebuilt(*name, *version, tree_name_new, target).await?;
+            events += caught_up;
+            last = last.max(checkpoint);
         }
         Ok((events, last))
+    }
+
+    /// Phase 2 of a rebuild for one projection: under its write lock, applies what
+    /// arrived since phase 1 and switches the projection to the rebuilt tree.
+    /// Returns the events applied and the new checkpoint.
+    async fn switch_rebuilt(
+        &self,
+        name: ProjectionName,
+        version: u64,
+        tree_name_new: &str,
+        mut target: Target,
+    ) -> Result<(u64, Position), ProjectionError> {
+        let inner = &self.inner;
+        let mut events = 0u64;
+        let slot = self.slot(name);
+        let _write = slot.write.lock().await;
+        loop {
+            let from = target.applied + 1;
+            let read = inner.store.read_all(from, inner.config.batch_events).await?;
+            if read.is_empty() {
+                break;
+            }
+            events += read.len() as u64;
+            let decoded = Arc::new(decode_blocking(read, from).await?);
+            let mut applied = apply_parallel(vec![target], decoded).await?;
+            target = applied.pop().ok_or(ProjectionError::Stopped)?;
+        }
+        let mut flushed = each_parallel(vec![target], Target::flush).await?;
+        let target = flushed.pop().ok_or(ProjectionError::Stopped)?;
+        let old = slot.active();
+        let live_checkpoint = *slot.checkpoint.borrow();
+        if target.checkpoint < live_checkpoint {
+            return Err(ProjectionError::Invariant {
+                projection: name.as_str(),
+                position: target.checkpoint,
+                detail: format!("rebuild ended behind the live checkpoint {live_checkpoint}"),
+            });
+        }
+        let record = Meta { version, schema: slot.model.schema() };
+        inner.meta.insert(name.as_str(), serde_json::to_vec(&record).unwrap_or_default())?;
+        inner.db.flush_async().await?;
+        *slot.active.write().unwrap_or_else(PoisonError::into_inner) = Active { version, tree: target.tree.clone() };
+        slot.checkpoint.send_replace(target.checkpoint);
+        slot.building_until.store(0, Ordering::Release);
+        slot.set_state(SlotState::Idle);
+        inner.db.drop_tree(tree_name(name, old.version).as_bytes())?;
+        tracing::info!(projection = %name, version, tree = %tree_name_new, checkpoint = target.checkpoint, "rebuild complete; switched");
+        Ok((events, target.checkpoint))
     }
 
     /// Offline replay from position 0 of the named projections (all when empty): the
@@ -1095,6 +1118,7 @@ impl Inner {
             slot.building_until.store(0, Ordering::Release);
         }
         if moved {
+            debug_assert!(target.checkpoint >= *slot.checkpoint.borrow(), "the published checkpoint moved back");
             slot.checkpoint.send_replace(target.checkpoint);
         }
         Ok(target)
@@ -1182,26 +1206,7 @@ async fn follow(inner: Arc<Inner>) {
                     continue;
                 }
             };
-            let last = batch.last().map_or(0, |e| e.position);
-            let head = inner.store.head().await.unwrap_or(last);
-            let catching_up = head.saturating_sub(last) > inner.config.rebuild_batch_events as u64;
-            let handles: Vec<_> = (0..inner.slots.len())
-                .filter(|&i| !inner.slots[i].failed())
-                .map(|i| {
-                    let (inner, batch, target) = (Arc::clone(&inner), Arc::clone(&batch), kept[i].take());
-                    (i, tokio::task::spawn_blocking(move || inner.apply_live(i, target, &batch, catching_up)))
-                })
-                .collect();
-            for (i, handle) in handles {
-                match handle.await {
-                    Ok(Ok(target)) => kept[i] = Some(target),
-                    Ok(Err(error)) => inner.fail(i, &error),
-                    Err(join) => inner.fail(
-                        i,
-                        &ProjectionError::Invariant { projection: "runtime", position: 0, detail: join.to_string() },
-                    ),
-                }
-            }
+            apply_live_batch(&inner, &mut kept, batch).await;
         }
         // The reader stopped (shutdown, or an error to retry from the checkpoints):
         // store what the kept sets hold and start the next round with fresh ones.
@@ -1234,6 +1239,29 @@ async fn follow(inner: Arc<Inner>) {
         }
     }
     inner.following.store(false, std::sync::atomic::Ordering::Release);
+}
+
+/// Applies one batch the follower read to every projection that has not
+/// failed, each on a blocking thread; a projection that fails stops.
+async fn apply_live_batch(inner: &Arc<Inner>, kept: &mut [Option<Target>], batch: Arc<Vec<Decoded>>) {
+    let last = batch.last().map_or(0, |e| e.position);
+    let head = inner.store.head().await.unwrap_or(last);
+    let catching_up = head.saturating_sub(last) > inner.config.rebuild_batch_events as u64;
+    let handles: Vec<_> = (0..inner.slots.len())
+        .filter(|&i| !inner.slots[i].failed())
+        .map(|i| {
+            let (inner, batch, target) = (Arc::clone(inner), Arc::clone(&batch), kept[i].take());
+            (i, tokio::task::spawn_blocking(move || inner.apply_live(i, target, &batch, catching_up)))
+        })
+        .collect();
+    for (i, handle) in handles {
+        match handle.await {
+            Ok(Ok(target)) => kept[i] = Some(target),
+            Ok(Err(error)) => inner.fail(i, &error),
+            Err(join) => inner
+                .fail(i, &ProjectionError::Invariant { projection: "runtime", position: 0, detail: join.to_string() }),
+        }
+    }
 }
 
 /// [`Inner::flush_dirty`] on the blocking pool.

@@ -29,7 +29,7 @@ use std::ops::ControlFlow;
 
 use paystream_domain::id::{MerchantId, PaymentId};
 use paystream_domain::method::{CardBrand, MethodSummary};
-use paystream_domain::payment::{CaptureMethod, DeclineCode, PaymentEvent, PaymentStatus, ReviewState};
+use paystream_domain::payment::{CaptureMethod, DeclineCode, PaymentEvent, PaymentFigures, PaymentStatus, ReviewState};
 use paystream_domain::risk::RiskDecision;
 use paystream_domain::time::Timestamp;
 use paystream_domain::Currency;
@@ -40,7 +40,7 @@ use crate::buckets::{self, BucketSet, Member, MemberKey};
 use crate::codec::{Reader, Writer};
 use crate::counters::METHOD_TYPES;
 use crate::csv::CsvWriter;
-use crate::dashboard::orphan;
+use crate::dashboard::{orphan, overflow};
 use crate::decode::{Decoded, DomainRecord};
 use crate::error::ProjectionError;
 use crate::keys;
@@ -205,19 +205,25 @@ fn flag(b: u8) -> Option<bool> {
 }
 
 impl PaymentSummary {
-    /// The same rule as `Payment::status` in the domain.
-    fn derive_status(&self) -> PaymentStatus {
-        paystream_domain::payment::StatusFacts {
-            declined: self.decline_code.is_some(),
-            voided: self.voided,
-            review_pending: self.review == ReviewState::Pending,
+    /// The summary's copy of the payment's figures (`fees_settled`, which it
+    /// does not show, starts from 0).
+    fn figures(&self) -> PaymentFigures {
+        PaymentFigures {
+            review: self.review,
+            decline_code: self.decline_code,
             authorized: self.authorized,
+            voided: self.voided,
             expired: self.expired,
             amount_capturable: self.amount_capturable_minor,
             amount_captured: self.amount_captured_minor,
             amount_refunded: self.amount_refunded_minor,
+            amount_disputed: self.amount_disputed_minor,
+            amount_dispute_lost: self.amount_dispute_lost_minor,
+            amount_settled: self.amount_settled_minor,
+            fees_charged: self.fees_minor,
+            fees_settled: 0,
+            updated_at: self.updated_at,
         }
-        .status()
     }
 
     fn initiated(payment_id: PaymentId, event: &PaymentEvent) -> Option<PaymentSummary> {
@@ -264,80 +270,47 @@ impl PaymentSummary {
         })
     }
 
-    /// Mirrors the domain's `evolve` for the fields kept here.
-    fn evolve(&mut self, event: &PaymentEvent) {
-        use PaymentEvent as E;
-        let at = match event {
-            E::PaymentInitiated { initiated_at, .. } => *initiated_at,
-            E::PaymentRiskAssessed { score, decision, assessed_at, .. } => {
-                self.risk_score = Some(*score);
-                self.risk_decision = Some(*decision);
-                if *decision == RiskDecision::Review {
-                    self.review = ReviewState::Pending;
-                }
-                *assessed_at
-            }
-            E::PaymentAuthorized { amount, authorized_at, .. } => {
-                self.authorized = true;
-                self.amount_capturable_minor = amount.amount_minor;
-                *authorized_at
-            }
-            E::PaymentDeclined { decline_code, declined_at } => {
-                self.decline_code = Some(*decline_code);
-                self.amount_capturable_minor = 0;
-                *declined_at
-            }
-            E::PaymentReviewApproved { reviewed_at, .. } => {
-                self.review = ReviewState::Approved;
-                *reviewed_at
-            }
-            E::PaymentReviewRejected { reviewed_at, .. } => {
-                self.review = ReviewState::Rejected;
-                self.decline_code = Some(DeclineCode::ReviewRejected);
-                self.amount_capturable_minor = 0;
-                *reviewed_at
-            }
-            E::PaymentCaptured { amount, fee, final_capture, captured_at, .. } => {
-                self.amount_captured_minor = self.amount_captured_minor.saturating_add(amount.amount_minor);
-                self.amount_capturable_minor =
-                    if *final_capture { 0 } else { self.amount_capturable_minor.saturating_sub(amount.amount_minor) };
-                self.fees_minor = self.fees_minor.saturating_add(fee.amount_minor);
-                *captured_at
-            }
-            E::PaymentVoided { voided_at, .. } => {
-                self.voided = true;
-                self.amount_capturable_minor = 0;
-                *voided_at
-            }
-            E::PaymentAuthorizationExpired { expired_at, .. } => {
-                self.expired = true;
-                self.amount_capturable_minor = 0;
-                *expired_at
-            }
-            E::PaymentRefunded { amount, refunded_at, .. } => {
-                self.amount_refunded_minor = self.amount_refunded_minor.saturating_add(amount.amount_minor);
-                *refunded_at
-            }
-            E::PaymentDisputeOpened { amount, opened_at, .. } => {
-                self.amount_disputed_minor = self.amount_disputed_minor.saturating_add(amount.amount_minor);
-                *opened_at
-            }
-            E::PaymentDisputeWon { amount, resolved_at, .. } => {
-                self.amount_disputed_minor = self.amount_disputed_minor.saturating_sub(amount.amount_minor);
-                *resolved_at
-            }
-            E::PaymentDisputeLost { amount, resolved_at, .. } => {
-                self.amount_disputed_minor = self.amount_disputed_minor.saturating_sub(amount.amount_minor);
-                self.amount_dispute_lost_minor = self.amount_dispute_lost_minor.saturating_add(amount.amount_minor);
-                *resolved_at
-            }
-            E::PaymentSettled { amount, settled_at, .. } => {
-                self.amount_settled_minor = self.amount_settled_minor.saturating_add(amount.amount_minor);
-                *settled_at
-            }
-        };
-        self.updated_at = at;
-        self.status = self.derive_status();
+    /// Applies an event through the domain's fold of a payment's figures
+    /// ([`PaymentFigures::apply`], the aggregate's own), plus the risk score
+    /// only the summary shows. An amount that would overflow is an error.
+    fn evolve(&mut self, event: &PaymentEvent, position: u64) -> Result<(), ProjectionError> {
+        let mut figures = self.figures();
+        figures.apply(event).map_err(|_| overflow(position))?;
+        if let PaymentEvent::PaymentRiskAssessed { score, decision, .. } = event {
+            self.risk_score = Some(*score);
+            self.risk_decision = Some(*decision);
+        }
+        let PaymentFigures {
+            review,
+            decline_code,
+            authorized,
+            voided,
+            expired,
+            amount_capturable,
+            amount_captured,
+            amount_refunded,
+            amount_disputed,
+            amount_dispute_lost,
+            amount_settled,
+            fees_charged,
+            fees_settled: _,
+            updated_at,
+        } = figures;
+        self.review = review;
+        self.decline_code = decline_code;
+        self.authorized = authorized;
+        self.voided = voided;
+        self.expired = expired;
+        self.amount_capturable_minor = amount_capturable;
+        self.amount_captured_minor = amount_captured;
+        self.amount_refunded_minor = amount_refunded;
+        self.amount_disputed_minor = amount_disputed;
+        self.amount_dispute_lost_minor = amount_dispute_lost;
+        self.amount_settled_minor = amount_settled;
+        self.fees_minor = fees_charged;
+        self.updated_at = updated_at;
+        self.status = figures.status();
+        Ok(())
     }
 }
 
@@ -440,13 +413,13 @@ impl WorkingSet for SearchSet {
             let DomainRecord::Payment { payment_id, event } = &decoded.record else { continue };
             let key = keys::uuid_desc(payment_id.as_uuid());
             if let Some(mut summary) = PaymentSummary::initiated(*payment_id, event) {
-                summary.evolve(event);
+                summary.evolve(event, decoded.position)?;
                 index.insert(tree, &index_prefix(summary.merchant_id.as_uuid()), IndexEntry(key))?;
                 summaries.insert(tree, SUMMARIES, summary)?;
                 continue;
             }
             match summaries.get_mut(tree, SUMMARIES, &key)? {
-                Some(mut summary) => summary.evolve(event),
+                Some(mut summary) => summary.evolve(event, decoded.position)?,
                 None => return Err(orphan(decoded.position)),
             }
         }
@@ -733,9 +706,9 @@ mod tests {
             let mut events = flow.events.iter();
             let first = events.next().unwrap();
             let mut summary = PaymentSummary::initiated(flow.payment_id, first).unwrap();
-            summary.evolve(first);
+            summary.evolve(first, 1).unwrap();
             for event in events {
-                summary.evolve(event);
+                summary.evolve(event, 1).unwrap();
                 let bytes = summary.encode();
                 assert_eq!(PaymentSummary::decode(&bytes).as_ref(), Some(&summary));
                 assert!(bytes.len() < 200, "{} bytes", bytes.len());
@@ -773,10 +746,10 @@ mod tests {
                     record: DomainRecord::Payment { payment_id: flow.payment_id, event: event.clone() },
                 });
                 match summary.as_mut() {
-                    Some(s) => s.evolve(event),
+                    Some(s) => s.evolve(event, position).unwrap(),
                     None => {
                         let mut s = PaymentSummary::initiated(flow.payment_id, event).unwrap();
-                        s.evolve(event);
+                        s.evolve(event, position).unwrap();
                         summary = Some(s);
                     }
                 }
@@ -824,6 +797,37 @@ mod tests {
                 q.starting_after = page.next_cursor;
             }
             assert_eq!(got.iter().collect::<Vec<_>>(), want, "{query:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// The search summary and the aggregate fold a payment's events through
+        /// the same [`PaymentFigures`]: over seeded histories of every kind, both
+        /// show the same status, flags, amounts and times.
+        #[test]
+        fn the_summary_agrees_with_the_aggregate(seed in 0_u64..1_000_000, refunds in 0_u64..60, disputes in 0_u64..40) {
+            use paystream_domain::aggregate::Aggregate;
+            use paystream_domain::payment::PaymentAggregate;
+            let options = SimOptions { seed, refund_percent: refunds, dispute_percent: disputes, ..SimOptions::default() };
+            let (mut sim, _) = Simulator::new(options).unwrap();
+            for _ in 0..40 {
+                let flow = sim.next_payment().unwrap();
+                let payment = PaymentAggregate::fold(&flow.events).unwrap();
+                let mut events = flow.events.iter();
+                let first = events.next().unwrap();
+                let mut summary = PaymentSummary::initiated(flow.payment_id, first).unwrap();
+                summary.evolve(first, 1).unwrap();
+                for event in events {
+                    summary.evolve(event, 1).unwrap();
+                }
+                let figures = PaymentFigures { fees_settled: 0, ..payment.figures };
+                proptest::prop_assert_eq!(summary.figures(), figures);
+                proptest::prop_assert_eq!(summary.status, payment.status());
+                proptest::prop_assert_eq!(summary.risk_score, payment.risk.as_ref().map(|r| r.score));
+                proptest::prop_assert_eq!(summary.created_at, payment.created_at);
+            }
         }
     }
 }

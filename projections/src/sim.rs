@@ -2,10 +2,13 @@
 //! domain's own `decide` (so every history is one the write side could have written)
 //! from a seeded generator (so a seed always gives the same history).
 
+// A test kit (feature `testkit`): scripted histories read best as one script.
+#![allow(clippy::too_many_lines)]
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use paystream_domain::aggregate::{Aggregate, Context, DomainEvent};
+use paystream_domain::aggregate::{stream_id, Aggregate, Context, DomainEvent};
 use paystream_domain::country::CountryCode;
 use paystream_domain::id::{BatchId, CaptureId, DisputeId, MerchantId, PaymentId, RefundId};
 use paystream_domain::merchant::{FeeSchedule, Merchant, MerchantAggregate, MerchantCommand, MerchantEvent, Tier};
@@ -39,11 +42,11 @@ pub fn encode<E: DomainEvent>(event: &E) -> NewEvent {
 }
 
 pub fn merchant_stream(id: MerchantId) -> String {
-    format!("merchant-{}", id.as_uuid().hyphenated())
+    stream_id::<MerchantAggregate>(id.as_uuid())
 }
 
 pub fn payment_stream(id: PaymentId) -> String {
-    format!("payment-{}", id.as_uuid().hyphenated())
+    stream_id::<PaymentAggregate>(id.as_uuid())
 }
 
 /// A card that passes validation (Visa test number).
@@ -94,13 +97,13 @@ pub fn onboard(
         name: name.to_string(),
         country: country("SG").ok_or(DomainError::InvalidField { param: "country", reason: "bad country" })?,
         default_currency: currency,
-        settlement_currency: currency,
+        settlement_currency: Some(currency),
         tier,
         fees,
         now,
     };
     let events = MerchantAggregate::decide(&None, command, &context)?;
-    let state = MerchantAggregate::fold(&events).ok_or(DomainError::MerchantNotFound)?;
+    let state = MerchantAggregate::fold(&events).ok_or(DomainError::MerchantNotFound { param: None })?;
     Ok((state, events))
 }
 
@@ -136,7 +139,7 @@ impl PaymentFlow {
         };
         flow.run(PaymentCommand::Initiate(Box::new(InitiatePayment {
             payment_id,
-            merchant: merchant.clone(),
+            merchant: Some(merchant.clone()),
             amount,
             capture_method,
             method,
@@ -419,7 +422,7 @@ impl Simulator {
                     // Partial capture, then the rest (or expiry of the rest).
                     let part = (amount.amount_minor / 2).max(1);
                     flow.capture(CaptureId::from_uuid(rng.uuid()), Some(part), at(60))?;
-                    let capturable = flow.state.as_ref().map_or(0, |p| p.amount_capturable);
+                    let capturable = flow.state.as_ref().map_or(0, |p| p.figures.amount_capturable);
                     if capturable > 0 && rng.chance(60) {
                         flow.capture(CaptureId::from_uuid(rng.uuid()), None, at(120))?;
                     } else if capturable > 0 {
@@ -431,7 +434,7 @@ impl Simulator {
                 }
             }
         }
-        let captured = flow.state.as_ref().map_or(0, |p| p.amount_captured);
+        let captured = flow.state.as_ref().map_or(0, |p| p.figures.amount_captured);
         if captured == 0 {
             return Ok(flow);
         }
@@ -442,7 +445,10 @@ impl Simulator {
             let amount = if rng.chance(50) { None } else { Some((captured / 3).max(1)) };
             flow.refund(RefundId::from_uuid(rng.uuid()), amount, at(60 * 30))?;
         }
-        let disputable = flow.state.as_ref().map_or(0, |p| p.amount_disputable());
+        let disputable = match flow.state.as_ref() {
+            Some(p) => p.amount_disputable()?,
+            None => 0,
+        };
         if disputable > 0 && rng.chance(self.options.dispute_percent) {
             let dispute_id = DisputeId::from_uuid(rng.uuid());
             flow.dispute(dispute_id, disputable, at(60 * 24 * 10))?;

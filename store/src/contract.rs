@@ -7,7 +7,7 @@
 //! Run them on a multi-threaded tokio runtime so concurrency is real.
 
 // Test code: a violated contract is a panic with a message.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -13,7 +13,7 @@ use crate::types::{AppendResult, ExpectedVersion, NewEvent, Position, RecordedEv
 pub const SUBSCRIPTION_READ_BATCH: usize = 1_024;
 
 /// The event log. Implemented by the embedded backend and, later, PostgreSQL and
-/// EventStoreDB; the [`contract`](crate::contract) suite holds every implementation to
+/// EventStoreDB; the `contract` suite (feature `testkit`) holds every implementation to
 /// the same behaviour.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {

@@ -6,6 +6,8 @@
 
 pub mod bench;
 pub mod chain;
+/// The backend contract suite (feature `testkit`).
+#[cfg(feature = "testkit")]
 pub mod contract;
 pub mod embedded;
 mod error;

@@ -159,7 +159,7 @@ fn bad_values_are_400_with_the_field_in_param() {
     }
 }
 
-/// DESIGN.md: the full card number never reaches an error message, even
+/// docs/ARCHITECTURE.md (card data): the full card number never reaches an error message, even
 /// when it arrives in the wrong JSON type or in the wrong field.
 #[test]
 fn error_messages_never_echo_a_card_number() {

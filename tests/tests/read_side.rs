@@ -4,7 +4,7 @@
 //! passes the write's `position` as `min_position`, so it sees the write
 //! without sleeping or retrying. Each test runs its own server, as in
 //! lifecycle.rs, so no test sees another's payments or rebuilds.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

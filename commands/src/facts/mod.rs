@@ -67,8 +67,11 @@ use storage::{
     PENDING, VOLUME, WINDOW,
 };
 
-const HOUR_SECONDS: i64 = 3_600;
+/// Seconds in a day: daily volumes before yesterday are pruned.
 const DAY_SECONDS: i64 = 86_400;
+use paystream_domain::risk::{
+    volume_day, CUSTOMER_VELOCITY_WINDOW_SECONDS, INSTRUMENT_VELOCITY_WINDOW_SECONDS, REPEATED_DECLINES_WINDOW_SECONDS,
+};
 const MIB: u64 = 1 << 20;
 /// Bytes of a window's hashed identity in its key.
 const WINDOW_ID_BYTES: usize = 16;
@@ -175,12 +178,12 @@ fn key_key(key_hash: &str) -> Vec<u8> {
     [&[KEY], key_hash.as_bytes()].concat()
 }
 
-/// The span of the window stored under `key`.
+/// The span of the window stored under `key` (the domain's window of its signal).
 fn span_of(key: &[u8]) -> i64 {
-    if key.get(1) == Some(&DECLINES) {
-        DAY_SECONDS
-    } else {
-        HOUR_SECONDS
+    match key.get(1) {
+        Some(&DECLINES) => REPEATED_DECLINES_WINDOW_SECONDS,
+        Some(&CUSTOMER_ATTEMPTS) => CUSTOMER_VELOCITY_WINDOW_SECONDS,
+        _ => INSTRUMENT_VELOCITY_WINDOW_SECONDS,
     }
 }
 
@@ -209,8 +212,8 @@ impl From<sled::Error> for CommandError {
 
 /// `payment-<uuid>` -> the payment's id.
 fn payment_id_of(stream_id: &str) -> Option<PaymentId> {
-    let uuid = stream_id.strip_prefix("payment-")?;
-    uuid::Uuid::try_parse(uuid).ok().map(PaymentId::from_uuid)
+    paystream_domain::aggregate::stream_uuid::<paystream_domain::payment::PaymentAggregate>(stream_id)
+        .map(PaymentId::from_uuid)
 }
 
 struct Inner {
@@ -350,7 +353,7 @@ impl Inner {
             }
             E::PaymentAuthorized { amount, authorized_at, expires_at, .. } => {
                 if let Some(pending) = self.take_pending(payment_id) {
-                    let key = volume_key(pending.merchant_id, authorized_at.utc_date(), amount.currency);
+                    let key = volume_key(pending.merchant_id, volume_day(*authorized_at), amount.currency);
                     let (value, fresh) = self.cache.take(&key)?;
                     let volume = match value {
                         Some(Value::Volume(v)) => v,
@@ -436,7 +439,7 @@ impl Inner {
         }
         let old_days = match Timestamp::from_unix_seconds(now - DAY_SECONDS) {
             Some(yesterday) => {
-                let before = [&[VOLUME], day_key(yesterday.utc_date()).as_slice()].concat();
+                let before = [&[VOLUME], day_key(volume_day(yesterday)).as_slice()].concat();
                 self.cache.stored(vec![VOLUME]..before, PRUNE_MAX_KEYS_PER_STEP)?
             }
             None => Vec::new(),
@@ -662,7 +665,7 @@ impl Facts {
         currency: Currency,
         now: Timestamp,
     ) -> Result<Money, CommandError> {
-        let key = volume_key(merchant_id, now.utc_date(), currency);
+        let key = volume_key(merchant_id, volume_day(now), currency);
         let minor = self.lock().cache.read(&key, |value| match value {
             Some(Value::Volume(v)) => *v,
             _ => 0,
@@ -680,16 +683,18 @@ impl Facts {
         let mut inner = self.lock();
         let at = now.unix_seconds();
         let customer_attempts_last_hour = match customer_id {
-            Some(c) => inner.cache.read(&customer_key(merchant_id, c), |w| count_since(w, at - HOUR_SECONDS))?,
+            Some(c) => inner
+                .cache
+                .read(&customer_key(merchant_id, c), |w| count_since(w, at - CUSTOMER_VELOCITY_WINDOW_SECONDS))?,
             None => 0,
         };
         Ok(RiskSignals {
             instrument_attempts_last_hour: inner
                 .cache
-                .read(&attempts_key(instrument), |w| count_since(w, at - HOUR_SECONDS))?,
+                .read(&attempts_key(instrument), |w| count_since(w, at - INSTRUMENT_VELOCITY_WINDOW_SECONDS))?,
             instrument_declines_last_day: inner
                 .cache
-                .read(&declines_key(instrument), |w| count_since(w, at - DAY_SECONDS))?,
+                .read(&declines_key(instrument), |w| count_since(w, at - REPEATED_DECLINES_WINDOW_SECONDS))?,
             customer_attempts_last_hour,
         })
     }
@@ -869,6 +874,8 @@ impl FactsFollower {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    const HOUR_SECONDS: i64 = 3_600;
 
     fn facts() -> Facts {
         Facts::temporary(FactsBudget::from_mib(DEFAULT_FACTS_CACHE_MIB)).unwrap()

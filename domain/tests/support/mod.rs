@@ -109,7 +109,7 @@ pub fn customer() -> Customer {
 pub fn initiate_with(amount: Money, capture_method: CaptureMethod, merchant: Merchant) -> InitiatePayment {
     InitiatePayment {
         payment_id: payment_id(),
-        merchant,
+        merchant: Some(merchant),
         amount,
         capture_method,
         method: visa(),

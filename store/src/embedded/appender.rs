@@ -131,11 +131,32 @@ struct Written {
     new_segments: Vec<(Position, Arc<File>)>,
     /// Files the batch wrote to; empty if it rejected every request.
     wrote: Vec<Arc<File>>,
+    /// The hash of the record before the batch's first (the chain's link).
+    prev_hash: [u8; 32],
     /// Appender state after the batch: what readers see once it is published.
     head: Position,
     last_hash: [u8; 32],
     last_recorded_at_nanos: i64,
     events: usize,
+}
+
+/// What the checks of a batch decided (step 1 of a commit).
+struct Checked {
+    /// Every request, in order, with how it will be answered.
+    answers: Vec<(Reply, Answer)>,
+    accepted: Vec<Accepted>,
+    /// The events of each accepted append.
+    to_encode: Vec<Vec<NewEvent>>,
+}
+
+/// The encoded batch (step 2 of a commit): the records are in the appender's
+/// buffer, to be written at `buf_offset` of the current segment.
+struct Encoded {
+    placed: Vec<Placed>,
+    new_segments: Vec<(Position, Arc<File>)>,
+    wrote: Vec<Arc<File>>,
+    buf_offset: u64,
+    io_error: Option<io::Error>,
 }
 
 /// Whether an idempotency key recorded at `entry` still counts at `now_nanos`.
@@ -396,123 +417,22 @@ impl Appender {
 
         // 1. Checks, in order, against the published index plus every unpublished batch
         //    (including the requests before this one in this batch); positions.
-        let mut answers: Vec<(Reply, Answer)> = Vec::with_capacity(batch.len());
-        let mut accepted: Vec<Accepted> = Vec::with_capacity(batch.len());
-        let mut to_encode: Vec<Vec<NewEvent>> = Vec::with_capacity(batch.len());
-        let published = self.shared.read_index().head;
-        if !self.unpublished_versions.is_empty() {
-            self.unpublished_versions.retain(|_, (_, last)| *last > published);
-        }
-        if !self.unpublished_keys.is_empty() {
-            self.unpublished_keys.retain(|_, entry| entry.result.last_position > published);
-        }
-        for request in batch {
-            let AppendRequest { stream_id, expected, events, reply, .. } = request;
-            let key = events.first().and_then(|e| e.metadata.idempotency_key.clone());
-            if let Some(k) = &key {
-                match self.existing_key(k, now) {
-                    Ok(None) => {}
-                    Ok(Some(existing)) => {
-                        let err = StoreError::DuplicateIdempotencyKey { key: k.clone(), existing };
-                        answers.push((reply, Answer::Rejected(err)));
-                        continue;
-                    }
-                    Err(err) => {
-                        answers.push((reply, Answer::Rejected(err)));
-                        continue;
-                    }
-                }
-            }
-            let actual = match self.stream_version(&stream_id) {
-                Ok(actual) => actual,
-                Err(err) => {
-                    answers.push((reply, Answer::Rejected(err)));
-                    continue;
-                }
-            };
-            if !expected.accepts(actual) {
-                let err = StoreError::WrongExpectedVersion { stream_id, expected, actual };
-                answers.push((reply, Answer::Rejected(err)));
-                continue;
-            }
-            let count = events.len() as u64;
-            let result = AppendResult {
-                stream_id,
-                first_version: actual + 1,
-                last_version: actual + count,
-                first_position: self.head + 1,
-                last_position: self.head + count,
-            };
-            self.head = result.last_position;
-            match self.unpublished_versions.get_mut(&result.stream_id) {
-                Some(entry) => *entry = (result.last_version, result.last_position),
-                None => {
-                    self.unpublished_versions
-                        .insert(result.stream_id.clone(), (result.last_version, result.last_position));
-                }
-            }
-            if let Some(k) = &key {
-                self.unpublished_keys.insert(k.clone(), KeyEntry { result: result.clone(), recorded_at_nanos: now });
-            }
-            answers.push((reply, Answer::Accepted));
-            accepted.push(Accepted { result, idempotency_key: key });
-            to_encode.push(events);
-        }
+        let head_before = self.head;
+        let prev_hash = self.last_hash;
+        let Checked { answers, accepted, to_encode } = self.check(batch, now);
+        let events: usize = to_encode.iter().map(Vec::len).sum();
+        // Positions are gap-free and increasing within the group commit.
+        debug_assert_eq!(self.head, head_before + events as u64, "positions of a group commit have a gap");
+        debug_assert!(
+            accepted.windows(2).all(|w| w[1].result.first_position == w[0].result.last_position + 1),
+            "appends of a group commit are not consecutive"
+        );
 
         // 2. Encode and hash into one buffer, roll segments as needed, one positional write.
-        let events: usize = to_encode.iter().map(Vec::len).sum();
-        let mut placed: Vec<Placed> = Vec::with_capacity(events);
-        let mut new_segments: Vec<(Position, Arc<File>)> = Vec::new();
-        let mut wrote: Vec<Arc<File>> = Vec::new();
-        if events > 0 {
-            wrote.push(Arc::clone(&self.file));
-        }
-        self.buf.clear();
-        let mut buf_offset = self.write_offset;
-        let mut io_error: Option<io::Error> = None;
-        'appends: for (a, events) in accepted.iter().zip(&to_encode) {
-            let result = &a.result;
-            for (i, event) in events.iter().enumerate() {
-                let envelope = EnvelopeRef {
-                    position: result.first_position + i as u64,
-                    stream_id: &result.stream_id,
-                    stream_version: result.first_version + i as u64,
-                    event_id: &event.event_id,
-                    event_type: &event.event_type,
-                    schema_version: event.schema_version,
-                    recorded_at_nanos: now,
-                    metadata: &event.metadata,
-                    payload: &event.payload,
-                };
-                let start = self.buf.len();
-                let hash = encode_record(
-                    &mut self.buf,
-                    &envelope,
-                    &self.last_hash,
-                    durable_before,
-                    result.first_position,
-                    events.len() as u32,
-                );
-                let len = (self.buf.len() - start) as u64;
-                if buf_offset + self.buf.len() as u64 > self.segment_bytes {
-                    // The record does not fit: write what precedes it, start a new segment.
-                    let record = self.buf.split_off(start);
-                    if let Err(err) = self.roll(buf_offset, envelope.position) {
-                        io_error = Some(err);
-                        break 'appends;
-                    }
-                    wrote.push(Arc::clone(&self.file));
-                    new_segments.push((self.segment_first, Arc::clone(&self.file)));
-                    self.buf = record;
-                    buf_offset = 0;
-                }
-                // Offsets fit in u32: segments are at most 4 GiB (checked at open).
-                let offset = (buf_offset + self.buf.len() as u64 - len) as u32;
-                placed.push(Placed { loc: Loc { segment: self.segment_first, offset, len: len as u32 }, hash });
-                self.last_hash = hash;
-            }
-        }
+        let encoded = self.encode(&accepted, &to_encode, now, durable_before);
         drop(to_encode);
+        let Encoded { placed, new_segments, wrote, buf_offset, io_error } = encoded;
+        debug_assert!(io_error.is_some() || placed.len() == events, "a record of the group commit was not placed");
         let written = match io_error {
             Some(err) => Err(err),
             None if self.buf.is_empty() => Ok(()),
@@ -537,12 +457,146 @@ impl Appender {
             placed,
             new_segments,
             wrote,
+            prev_hash,
             head: self.head,
             last_hash: self.last_hash,
             last_recorded_at_nanos: now,
             events,
         });
         Ok(())
+    }
+
+    /// Step 1 of [`Appender::commit`]: checks each request in order (idempotency
+    /// key, expected version) and assigns the accepted ones their positions.
+    fn check(&mut self, batch: Vec<AppendRequest>, now: i64) -> Checked {
+        let mut checked = Checked {
+            answers: Vec::with_capacity(batch.len()),
+            accepted: Vec::with_capacity(batch.len()),
+            to_encode: Vec::with_capacity(batch.len()),
+        };
+        let published = self.shared.read_index().head;
+        if !self.unpublished_versions.is_empty() {
+            self.unpublished_versions.retain(|_, (_, last)| *last > published);
+        }
+        if !self.unpublished_keys.is_empty() {
+            self.unpublished_keys.retain(|_, entry| entry.result.last_position > published);
+        }
+        for request in batch {
+            let AppendRequest { stream_id, expected, events, reply, .. } = request;
+            let key = events.first().and_then(|e| e.metadata.idempotency_key.clone());
+            let result = match self.check_one(stream_id, expected, key.as_deref(), events.len() as u64, now) {
+                Ok(result) => result,
+                Err(err) => {
+                    checked.answers.push((reply, Answer::Rejected(err)));
+                    continue;
+                }
+            };
+            self.head = result.last_position;
+            match self.unpublished_versions.get_mut(&result.stream_id) {
+                Some(entry) => *entry = (result.last_version, result.last_position),
+                None => {
+                    self.unpublished_versions
+                        .insert(result.stream_id.clone(), (result.last_version, result.last_position));
+                }
+            }
+            if let Some(k) = &key {
+                self.unpublished_keys.insert(k.clone(), KeyEntry { result: result.clone(), recorded_at_nanos: now });
+            }
+            checked.answers.push((reply, Answer::Accepted));
+            checked.accepted.push(Accepted { result, idempotency_key: key });
+            checked.to_encode.push(events);
+        }
+        checked
+    }
+
+    /// One request's checks: a live idempotency key or a wrong expected version
+    /// rejects it; otherwise its place after the current head.
+    fn check_one(
+        &self,
+        stream_id: String,
+        expected: ExpectedVersion,
+        key: Option<&str>,
+        count: u64,
+        now: i64,
+    ) -> Result<AppendResult, StoreError> {
+        if let Some(k) = key {
+            if let Some(existing) = self.existing_key(k, now)? {
+                return Err(StoreError::DuplicateIdempotencyKey { key: k.to_owned(), existing });
+            }
+        }
+        let actual = self.stream_version(&stream_id)?;
+        if !expected.accepts(actual) {
+            return Err(StoreError::WrongExpectedVersion { stream_id, expected, actual });
+        }
+        Ok(AppendResult {
+            stream_id,
+            first_version: actual + 1,
+            last_version: actual + count,
+            first_position: self.head + 1,
+            last_position: self.head + count,
+        })
+    }
+
+    /// Step 2 of [`Appender::commit`]: encodes and hashes the accepted events into
+    /// `buf`, each record linked to the one before, rolling segments as needed
+    /// (what precedes a roll is written to the old segment).
+    fn encode(&mut self, accepted: &[Accepted], to_encode: &[Vec<NewEvent>], now: i64, durable_before: u64) -> Encoded {
+        let events: usize = to_encode.iter().map(Vec::len).sum();
+        let mut out = Encoded {
+            placed: Vec::with_capacity(events),
+            new_segments: Vec::new(),
+            wrote: Vec::new(),
+            buf_offset: self.write_offset,
+            io_error: None,
+        };
+        if events > 0 {
+            out.wrote.push(Arc::clone(&self.file));
+        }
+        self.buf.clear();
+        let Encoded { placed, new_segments, wrote, buf_offset, io_error } = &mut out;
+        'appends: for (a, events) in accepted.iter().zip(to_encode) {
+            let result = &a.result;
+            for (i, event) in events.iter().enumerate() {
+                let envelope = EnvelopeRef {
+                    position: result.first_position + i as u64,
+                    stream_id: &result.stream_id,
+                    stream_version: result.first_version + i as u64,
+                    event_id: &event.event_id,
+                    event_type: &event.event_type,
+                    schema_version: event.schema_version,
+                    recorded_at_nanos: now,
+                    metadata: &event.metadata,
+                    payload: &event.payload,
+                };
+                let start = self.buf.len();
+                let hash = encode_record(
+                    &mut self.buf,
+                    &envelope,
+                    &self.last_hash,
+                    durable_before,
+                    result.first_position,
+                    events.len() as u32,
+                );
+                let len = (self.buf.len() - start) as u64;
+                if *buf_offset + self.buf.len() as u64 > self.segment_bytes {
+                    // The record does not fit: write what precedes it, start a new segment.
+                    let record = self.buf.split_off(start);
+                    if let Err(err) = self.roll(*buf_offset, envelope.position) {
+                        *io_error = Some(err);
+                        break 'appends;
+                    }
+                    wrote.push(Arc::clone(&self.file));
+                    new_segments.push((self.segment_first, Arc::clone(&self.file)));
+                    self.buf = record;
+                    *buf_offset = 0;
+                }
+                // Offsets fit in u32: segments are at most 4 GiB (checked at open).
+                let offset = (*buf_offset + self.buf.len() as u64 - len) as u32;
+                placed.push(Placed { loc: Loc { segment: self.segment_first, offset, len: len as u32 }, hash });
+                self.last_hash = hash;
+            }
+        }
+        out
     }
 
     /// Writes the buffered records to the current segment and opens a new one whose
@@ -649,6 +703,14 @@ impl Syncer {
         {
             let mut index = self.shared.write_index();
             for batch in group.iter_mut() {
+                // Invariants 2 and 4 (module docs of `embedded`): each group commit
+                // starts right after the published head and links to its hash.
+                debug_assert_eq!(batch.prev_hash, index.last_hash, "a group commit does not link to the chain");
+                debug_assert!(
+                    batch.accepted.first().is_none_or(|a| a.result.first_position == index.head + 1),
+                    "a group commit does not start right after the published head"
+                );
+                debug_assert!(batch.placed.last().is_none_or(|p| p.hash == batch.last_hash), "the batch's last hash");
                 for (first, file) in batch.new_segments.drain(..) {
                     index.segments.push(SegmentFile { first, file });
                 }

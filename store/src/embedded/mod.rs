@@ -525,6 +525,52 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
+/// Opens the index: drops trees of earlier layouts, reads sled's marker and
+/// recovers the log's tail after it; an unusable or mismatched index is
+/// cleared and rebuilt from the whole log.
+fn recover_index(
+    db: &sled::Db,
+    disk: &DiskIndex,
+    log_dir: &Path,
+    segment_bytes: u64,
+    synced: Synced,
+) -> Result<(Recovered, OpenReport), StoreError> {
+    for old in OLD_TREE_NAMES {
+        if db.tree_names().iter().any(|n| n.as_ref() == old.as_bytes()) {
+            tracing::info!(tree = old, "dropping the index of an earlier layout; it is rebuilt from the log");
+            db.drop_tree(old)?;
+        }
+    }
+    let mut sled_dropped = None;
+    let marker = disk.marker().unwrap_or_else(|reason| {
+        tracing::warn!(%reason, "derived index unusable; rebuilding it from the event log");
+        sled_dropped = Some(reason);
+        Marker::default()
+    });
+    if sled_dropped.is_some() {
+        disk.clear()?;
+    }
+    let recovered = match recover(log_dir, segment_bytes, disk, marker, synced) {
+        Ok(recovered) => recovered,
+        Err(RecoverError::Store(err)) => return Err(err),
+        Err(RecoverError::Untrusted(reason)) => {
+            tracing::warn!(%reason, "derived index does not match the event log; rebuilding it");
+            sled_dropped = Some(reason);
+            disk.clear()?;
+            match recover(log_dir, segment_bytes, disk, Marker::default(), synced) {
+                Ok(recovered) => recovered,
+                Err(RecoverError::Store(err)) => return Err(err),
+                Err(RecoverError::Untrusted(reason)) => {
+                    return Err(StoreError::Corrupt { position: None, detail: reason })
+                }
+            }
+        }
+    };
+    let indexed_in_sled = if sled_dropped.is_some() { 0 } else { marker.indexed_through };
+    let open_report = OpenReport { head: recovered.index.head, indexed_in_sled, sled_dropped };
+    Ok((recovered, open_report))
+}
+
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in `dir`, with default options. Blocking:
     /// recovery reads the log tail (call from `spawn_blocking` in latency-sensitive code).
@@ -546,41 +592,9 @@ impl EmbeddedStore {
         let synced_file = watermark::read(&log_dir)
             .map_err(|e| StoreError::Corrupt { position: None, detail: format!("log/synced: {e}") })?;
         let db = open_sled(dir, options.cache_bytes)?;
-        for old in OLD_TREE_NAMES {
-            if db.tree_names().iter().any(|n| n.as_ref() == old.as_bytes()) {
-                tracing::info!(tree = old, "dropping the index of an earlier layout; it is rebuilt from the log");
-                db.drop_tree(old)?;
-            }
-        }
         let disk = DiskIndex::new(db.open_tree(TREE_NAME)?);
-        let mut sled_dropped = None;
-        let marker = disk.marker().unwrap_or_else(|reason| {
-            tracing::warn!(%reason, "derived index unusable; rebuilding it from the event log");
-            sled_dropped = Some(reason);
-            Marker::default()
-        });
-        if sled_dropped.is_some() {
-            disk.clear()?;
-        }
-        let synced = synced_file.unwrap_or_default();
-        let Recovered { index, write_offset } = match recover(&log_dir, options.segment_bytes, &disk, marker, synced) {
-            Ok(recovered) => recovered,
-            Err(RecoverError::Store(err)) => return Err(err),
-            Err(RecoverError::Untrusted(reason)) => {
-                tracing::warn!(%reason, "derived index does not match the event log; rebuilding it");
-                sled_dropped = Some(reason);
-                disk.clear()?;
-                match recover(&log_dir, options.segment_bytes, &disk, Marker::default(), synced) {
-                    Ok(recovered) => recovered,
-                    Err(RecoverError::Store(err)) => return Err(err),
-                    Err(RecoverError::Untrusted(reason)) => {
-                        return Err(StoreError::Corrupt { position: None, detail: reason })
-                    }
-                }
-            }
-        };
-        let indexed_in_sled = if sled_dropped.is_some() { 0 } else { marker.indexed_through };
-        let open_report = OpenReport { head: index.head, indexed_in_sled, sled_dropped };
+        let (Recovered { index, write_offset }, open_report) =
+            recover_index(&db, &disk, &log_dir, options.segment_bytes, synced_file.unwrap_or_default())?;
 
         // Everything recovery kept is synced now: the watermark covers it.
         let mut watermark = Watermark::open(&log_dir, synced_file)?;
@@ -782,7 +796,7 @@ fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
 
 /// Whether sled could not take a database's file lock: another process has it open.
 fn is_lock_error(err: &sled::Error) -> bool {
-    // sled reports it as `ErrorKind::Other` with this message (config.rs).
+    // sled 0.34 reports it as `ErrorKind::Other` with this message (when it opens the database).
     matches!(err, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 

@@ -59,22 +59,7 @@ pub(crate) fn recover(
     marker: Marker,
     synced: Synced,
 ) -> Result<Recovered, RecoverError> {
-    let mut paths: Vec<(Position, PathBuf)> = segment::list_segments(log_dir)?;
-    if paths.is_empty() {
-        segment::create_segment(log_dir, 1, segment_bytes)?;
-        paths = segment::list_segments(log_dir)?;
-    }
-    if paths.first().map(|(first, _)| *first) != Some(1) {
-        return Err(RecoverError::Store(StoreError::Corrupt {
-            position: Some(1),
-            detail: "the first segment file does not start at position 1".to_owned(),
-        }));
-    }
-    let mut index = Index::default();
-    for (first, path) in &paths {
-        index.segments.push(SegmentFile { first: *first, file: Arc::new(segment::open_segment(path)?) });
-    }
-
+    let (paths, mut index) = open_segments(log_dir, segment_bytes)?;
     let w = marker.indexed_through;
     let mut scan = Scan {
         w,
@@ -105,35 +90,7 @@ pub(crate) fn recover(
     }
 
     let first_walked = seg;
-    let mut write_offset = 0u64;
-    while seg < index.segments.len() {
-        let path = &paths[seg].1;
-        let buf = fs::read(path)?;
-        match scan.segment(&mut index, disk, seg, &buf, at)? {
-            SegmentEnd::Clean(end) => {
-                write_offset = end as u64;
-                let next_first = index.segments.get(seg + 1).map(|s| s.first);
-                match next_first {
-                    None => break,
-                    Some(first) if first == scan.expect => {
-                        seg += 1;
-                        at = 0;
-                    }
-                    Some(_) => {
-                        // A later segment that does not continue this one: only the torn
-                        // analysis can say whether that is a lost tail or damage.
-                        scan.torn(&mut index, &paths, seg, &buf, end, "next segment does not continue this one")?;
-                        break;
-                    }
-                }
-            }
-            SegmentEnd::Damaged(end, why) => {
-                write_offset = end as u64;
-                scan.torn(&mut index, &paths, seg, &buf, end, &why)?;
-                break;
-            }
-        }
-    }
+    let write_offset = scan.walk(&mut index, disk, &paths, seg, at)?;
     if scan.expect <= w {
         return Err(RecoverError::Untrusted(format!(
             "sled indexed up to position {w}, the log ends at {}",
@@ -151,7 +108,37 @@ pub(crate) fn recover(
         ));
     }
     flush_chunks(&mut index, disk, 0)?;
+    prepare_writes(&index, segment_bytes, first_walked)?;
+    index.head = scan.expect - 1;
+    index.last_hash = scan.prev_hash;
+    index.last_recorded_at_nanos = scan.last_recorded_at_nanos;
+    Ok(Recovered { index, write_offset })
+}
 
+/// The segment files, in order, opened into a fresh index (the first one is
+/// created in an empty directory); the first must start at position 1.
+fn open_segments(log_dir: &Path, segment_bytes: u64) -> Result<(Vec<(Position, PathBuf)>, Index), RecoverError> {
+    let mut paths: Vec<(Position, PathBuf)> = segment::list_segments(log_dir)?;
+    if paths.is_empty() {
+        segment::create_segment(log_dir, 1, segment_bytes)?;
+        paths = segment::list_segments(log_dir)?;
+    }
+    if paths.first().map(|(first, _)| *first) != Some(1) {
+        return Err(RecoverError::Store(StoreError::Corrupt {
+            position: Some(1),
+            detail: "the first segment file does not start at position 1".to_owned(),
+        }));
+    }
+    let mut index = Index::default();
+    for (first, path) in &paths {
+        index.segments.push(SegmentFile { first: *first, file: Arc::new(segment::open_segment(path)?) });
+    }
+    Ok((paths, index))
+}
+
+/// Makes the log ready for the appender: the newest segment preallocated, and
+/// every segment the walk read synced.
+fn prepare_writes(index: &Index, segment_bytes: u64, first_walked: usize) -> Result<(), RecoverError> {
     // The newest segment is written next: make sure it is preallocated.
     if let Some(last) = index.segments.last() {
         if last.file.metadata()?.len() < segment_bytes {
@@ -166,10 +153,7 @@ pub(crate) fn recover(
     for s in index.segments.iter().skip(first_walked) {
         s.file.sync_data()?;
     }
-    index.head = scan.expect - 1;
-    index.last_hash = scan.prev_hash;
-    index.last_recorded_at_nanos = scan.last_recorded_at_nanos;
-    Ok(Recovered { index, write_offset })
+    Ok(())
 }
 
 /// Writes complete chunks of the tail to sled while it holds more than `keep` positions.
@@ -199,6 +183,49 @@ struct Scan {
 }
 
 impl Scan {
+    /// Walks the segments from segment `seg`, offset `at`, to the end of the log
+    /// (or to a torn tail, which it cuts); returns the write offset in the last
+    /// segment.
+    fn walk(
+        &mut self,
+        index: &mut Index,
+        disk: &DiskIndex,
+        paths: &[(Position, PathBuf)],
+        mut seg: usize,
+        mut at: usize,
+    ) -> Result<u64, RecoverError> {
+        let mut write_offset = 0u64;
+        while seg < index.segments.len() {
+            let path = &paths[seg].1;
+            let buf = fs::read(path)?;
+            match self.segment(index, disk, seg, &buf, at)? {
+                SegmentEnd::Clean(end) => {
+                    write_offset = end as u64;
+                    let next_first = index.segments.get(seg + 1).map(|s| s.first);
+                    match next_first {
+                        None => break,
+                        Some(first) if first == self.expect => {
+                            seg += 1;
+                            at = 0;
+                        }
+                        Some(_) => {
+                            // A later segment that does not continue this one: only the torn
+                            // analysis can say whether that is a lost tail or damage.
+                            self.torn(index, paths, seg, &buf, end, "next segment does not continue this one")?;
+                            break;
+                        }
+                    }
+                }
+                SegmentEnd::Damaged(end, why) => {
+                    write_offset = end as u64;
+                    self.torn(index, paths, seg, &buf, end, &why)?;
+                    break;
+                }
+            }
+        }
+        Ok(write_offset)
+    }
+
     /// The record at `w` must be whole and carry sled's hash, else sled is from another
     /// log (or ahead of it) and is rebuilt.
     fn check_indexed(&mut self, file: &fs::File, w: Position, loc: Loc) -> Result<(), RecoverError> {
