@@ -10,6 +10,7 @@ pub mod bench_http;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod metrics;
 pub mod read;
 pub mod routes;
 pub mod server;
