@@ -15,14 +15,13 @@ use uuid::Uuid;
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{redact_digits, RequestId, MAX_BODY_BYTES};
 use crate::metrics;
-use crate::routes::routes;
+use crate::openapi;
 use crate::state::AppState;
 
 pub fn app(state: AppState) -> Router {
-    let mut router = Router::new();
-    for route in routes() {
-        router = router.route(route.path, (route.handler)());
-    }
+    // The routes and the OpenAPI document come from the same `routes!` calls
+    // (`openapi::router`): no route exists without being documented.
+    let (router, _document) = openapi::router().split_for_parts();
     router
         .fallback(|| async { ApiError::not_found("route").into_response() })
         .method_not_allowed_fallback(|| async {

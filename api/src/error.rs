@@ -7,7 +7,45 @@ use paystream_commands::CommandError;
 use paystream_domain::{DomainError, ErrorKind};
 use paystream_projections::{Lagging, ProjectionError};
 use paystream_store::StoreError;
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
+
+/// The one error shape (documents what [`ApiError`] renders).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// The family.
+    #[serde(rename = "type")]
+    pub kind: ErrorType,
+    /// The precise reason to branch on (`invalid_body`, `resource_missing`,
+    /// `projection_lagging`, a business rule's code from docs/errors.md, ...).
+    pub code: String,
+    /// A sentence for people.
+    pub message: String,
+    /// The request field at fault, in dotted form (`method.card.number`), a
+    /// query parameter or header name, or `null`.
+    pub param: Option<String>,
+}
+
+/// The error families.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorType {
+    InvalidRequestError,
+    AuthenticationError,
+    PermissionError,
+    IdempotencyError,
+    ConflictError,
+    RuleError,
+    ApiError,
+}
 
 /// The `code` of an error response, left in the response's extensions for the
 /// request log line (`app::request_span`).

@@ -65,7 +65,7 @@ impl Caller {
     }
 
     /// Metadata for the events this request writes. `fingerprint` is the
-    /// hash of method, path and body.
+    /// hash of method, path and the canonical body ([`Fingerprint::canonical`]).
     pub fn meta(&self, fingerprint: &str) -> RequestMeta {
         let actor = Actor { key_id: self.key.id.to_string(), role: self.key.role.as_str().to_string() };
         let mut meta = RequestMeta::new(self.request_id, Some(actor));
@@ -137,10 +137,30 @@ impl FromRequestParts<AppState> for Caller {
 /// as `{}`.
 pub struct Body {
     bytes: Bytes,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
 }
 
-pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
+/// What identifies a request for idempotency: the SHA-256 of its method, path
+/// and the canonical JSON of its body ([`canonical_json`]), so the same request
+/// with its keys in another order or other whitespace is the same request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Stored with the request's first event.
+    pub canonical: String,
+    /// The fingerprint of the exact bytes, as stored before fingerprints were
+    /// canonical: a retry of a request first sent to an older server, within
+    /// the idempotency window, still replays.
+    pub legacy: String,
+}
+
+impl Fingerprint {
+    /// Every stored fingerprint that names this request.
+    pub fn candidates(&self) -> [&str; 2] {
+        [&self.canonical, &self.legacy]
+    }
+}
+
+fn sha256_request(method: &str, path: &str, body: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(method.as_bytes());
     hasher.update(b" ");
@@ -148,6 +168,63 @@ pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
     hasher.update(b"\n");
     hasher.update(body);
     hex::encode(hasher.finalize())
+}
+
+/// The fingerprint of a request: method, path and the canonical JSON of its
+/// body. A body that is empty (or only whitespace) is `{}`, as [`Body::json`]
+/// reads it; a body that is not JSON (the request then fails with a 400 and
+/// writes nothing) is fingerprinted as sent.
+pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> Fingerprint {
+    let legacy = sha256_request(method, path, body);
+    let trimmed = body.trim_ascii();
+    let canonical = if trimmed.is_empty() {
+        sha256_request(method, path, b"{}")
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(trimmed) {
+            Ok(value) => sha256_request(method, path, canonical_json(&value).as_bytes()),
+            Err(_) => legacy.clone(),
+        }
+    };
+    Fingerprint { canonical, legacy }
+}
+
+/// The canonical form of a JSON value: object keys sorted (by their UTF-8
+/// bytes) at every depth, no whitespace, strings and numbers as serde_json
+/// writes them once parsed (so `"\u0041"` is `"A"`, `1.50` is `1.5`, and `1`
+/// and `1.0` stay different numbers).
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    fn write(value: &serde_json::Value, out: &mut String) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                out.push('{');
+                for (i, (key, inner)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String(key.clone()).to_string());
+                    out.push(':');
+                    write(inner, out);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push('[');
+                for (i, inner) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(inner, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
 }
 
 impl FromRequest<AppState> for Body {
@@ -261,7 +338,38 @@ pub fn redact_digits(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_digits;
+    use super::{canonical_json, fingerprint, redact_digits};
+
+    #[test]
+    fn the_same_json_in_another_form_has_the_same_fingerprint() {
+        let a = fingerprint(
+            "POST",
+            "/v1/payments",
+            br#"{"amount": 100, "currency": "USD", "m": {"b": 1, "a": [2, {"y": 1, "x": 2}]}}"#,
+        );
+        let b = fingerprint(
+            "POST",
+            "/v1/payments",
+            b"{\"m\":{\"a\":[2,{\"x\":2,\"y\":1}],\"b\":1},\n \"currency\":\"\\u0055SD\",\"amount\":100}",
+        );
+        assert_eq!(a.canonical, b.canonical);
+        assert_ne!(a.legacy, b.legacy);
+        let other = fingerprint(
+            "POST",
+            "/v1/payments",
+            br#"{"amount": 101, "currency": "USD", "m": {"b": 1, "a": [2, {"y": 1, "x": 2}]}}"#,
+        );
+        assert_ne!(a.canonical, other.canonical);
+        // Array order is meaning; so is the path.
+        assert_ne!(fingerprint("POST", "/x", b"[1,2]").canonical, fingerprint("POST", "/x", b"[2,1]").canonical);
+        assert_ne!(fingerprint("POST", "/x", b"{}").canonical, fingerprint("POST", "/y", b"{}").canonical);
+        // No body is `{}`.
+        assert_eq!(fingerprint("POST", "/x", b"").canonical, fingerprint("POST", "/x", b" { } ").canonical);
+        assert_eq!(
+            canonical_json(&serde_json::json!({"b": [1.5, null, true], "a": "é"})),
+            "{\"a\":\"é\",\"b\":[1.5,null,true]}"
+        );
+    }
 
     #[test]
     fn long_digit_runs_are_redacted() {

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::LazyLock;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use paystream_commands::bus::Executed;
 use paystream_commands::facts::KeyRecord;
@@ -21,14 +22,19 @@ use paystream_domain::payment::{
 };
 use paystream_domain::{Aggregate, Currency, DomainError, Money};
 use paystream_store::StoreError;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{Body, Caller};
+use crate::extract::{Body, Caller, Fingerprint};
+use crate::list::{respond_list, List};
+use crate::openapi::{CommandErrors, EventParams, IdempotencyKey, Internal, NotFound, ReadErrors};
+use crate::query::{Params, QueryString, Spec};
+use crate::read::rows_to_csv;
 use crate::state::AppState;
-use crate::views;
+use crate::views::{self, ApiKeyView, DisputeView, EventView, Health, MerchantView, PaymentView, RefundView};
 
 const ADMIN: &[Role] = &[Role::Admin];
 const MERCHANT: &[Role] = &[Role::Merchant];
@@ -53,8 +59,13 @@ impl IntoResponse for Reply {
     }
 }
 
-fn ok(body: Value) -> Reply {
-    Reply { status: StatusCode::OK, body, replayed: false }
+fn ok(body: impl Serialize) -> Result<Reply, ApiError> {
+    Ok(Reply { status: StatusCode::OK, body: value(body)?, replayed: false })
+}
+
+/// A view as the JSON of a reply.
+fn value(view: impl Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(view).map_err(|_| ApiError::internal())
 }
 
 /// Runs a command with idempotency: a request carrying an Idempotency-Key
@@ -64,7 +75,7 @@ fn ok(body: Value) -> Reply {
 async fn run<A, T, Fut>(
     state: &AppState,
     caller: &Caller,
-    fingerprint: &str,
+    fingerprint: &Fingerprint,
     status: StatusCode,
     exec: impl FnOnce(RequestMeta) -> Fut,
     fresh: impl FnOnce(T) -> Result<Value, ApiError>,
@@ -74,13 +85,13 @@ where
     A: Aggregate,
     Fut: Future<Output = Result<T, CommandError>>,
 {
-    let meta = caller.meta(fingerprint);
+    let meta = caller.meta(&fingerprint.canonical);
     let bus = &state.services.bus;
     let Some(key) = meta.idempotency_key.clone() else {
         return Ok(Reply { status, body: fresh(exec(meta).await?)?, replayed: false });
     };
     let _guard = bus.idempotency_guard(&key).await;
-    if let Some(replay) = bus.find_replay(&key, fingerprint).await? {
+    if let Some(replay) = bus.find_replay(&key, &fingerprint.candidates()).await? {
         let body = replayed(bus.replay::<A>(&replay).await?, replay.correlation_id).await?;
         return Ok(Reply { status, body, replayed: true });
     }
@@ -88,7 +99,7 @@ where
         Ok(output) => Ok(Reply { status, body: fresh(output)?, replayed: false }),
         // Another node won the race for this key: replay its response.
         Err(CommandError::Store(StoreError::DuplicateIdempotencyKey { .. })) => {
-            let replay = bus.find_replay(&key, fingerprint).await?.ok_or_else(ApiError::internal)?;
+            let replay = bus.find_replay(&key, &fingerprint.candidates()).await?.ok_or_else(ApiError::internal)?;
             let body = replayed(bus.replay::<A>(&replay).await?, replay.correlation_id).await?;
             Ok(Reply { status, body, replayed: true })
         }
@@ -102,24 +113,24 @@ fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> 
 
 fn render_merchant(executed: Executed<MerchantAggregate>) -> Result<Value, ApiError> {
     let merchant = executed.state.ok_or_else(ApiError::internal)?;
-    Ok(views::merchant(&merchant, executed.position))
+    value(views::merchant(&merchant, executed.position))
 }
 
 fn render_payment(executed: Executed<PaymentAggregate>) -> Result<Value, ApiError> {
     let payment = executed.state.ok_or_else(ApiError::internal)?;
-    Ok(views::payment(&payment, executed.position))
+    value(views::payment(&payment, executed.position))
 }
 
 // ---------------------------------------------------------------- merchants
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeesBody {
     percent_bps: u32,
     fixed: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMerchant {
     name: String,
@@ -131,6 +142,17 @@ pub struct CreateMerchant {
     fees: FeesBody,
 }
 
+#[utoipa::path(
+    post, path = "/v1/merchants", operation_id = "createMerchant", tag = "merchants",
+    summary = "Onboard a merchant", description = "Roles: admin.",
+    params(IdempotencyKey),
+    request_body(content = CreateMerchant, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The new merchant", body = MerchantView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors,
+    ),
+)]
 pub async fn create_merchant(State(state): State<AppState>, caller: Caller, body: Body) -> Result<Reply, ApiError> {
     caller.require(ADMIN)?;
     let b: CreateMerchant = body.json()?;
@@ -155,6 +177,12 @@ pub async fn create_merchant(State(state): State<AppState>, caller: Caller, body
     .await
 }
 
+#[utoipa::path(
+    get, path = "/v1/merchants/{id}", operation_id = "getMerchant", tag = "merchants",
+    summary = "Retrieve a merchant", description = "Roles: admin, merchant (own).",
+    params(("id" = MerchantId, Path, description = "The merchant")), security(("bearer" = [])),
+    responses((status = 200, description = "The merchant", body = MerchantView), ReadErrors, NotFound),
+)]
 pub async fn get_merchant(
     State(state): State<AppState>,
     caller: Caller,
@@ -167,17 +195,17 @@ pub async fn get_merchant(
     }
     let loaded = state.services.bus.load::<MerchantAggregate>(id.as_uuid()).await?;
     let merchant = loaded.state.ok_or_else(|| ApiError::not_found("merchant"))?;
-    Ok(ok(views::merchant(&merchant, loaded.position)))
+    ok(views::merchant(&merchant, loaded.position))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
     #[serde(default)]
     reason: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TierBody {
     tier: Tier,
@@ -189,7 +217,7 @@ async fn change_merchant(
     state: &AppState,
     caller: &Caller,
     id: &str,
-    fingerprint: &str,
+    fingerprint: &Fingerprint,
     command: impl Fn(paystream_domain::time::Timestamp) -> MerchantCommand,
 ) -> Result<Reply, ApiError> {
     caller.require(ADMIN)?;
@@ -207,6 +235,17 @@ async fn change_merchant(
     .await
 }
 
+#[utoipa::path(
+    post, path = "/v1/merchants/{id}/suspend", operation_id = "suspendMerchant", tag = "merchants",
+    summary = "Suspend a merchant", description = "Roles: admin.",
+    params(("id" = MerchantId, Path, description = "The merchant"), IdempotencyKey),
+    request_body(content = Option<ReasonBody>, content_type = "application/json", description = "May be left out (an empty body is `{}`)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The merchant, suspended", body = MerchantView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors, NotFound,
+    ),
+)]
 pub async fn suspend_merchant(
     State(state): State<AppState>,
     caller: Caller,
@@ -222,6 +261,17 @@ pub async fn suspend_merchant(
     .await
 }
 
+#[utoipa::path(
+    post, path = "/v1/merchants/{id}/reactivate", operation_id = "reactivateMerchant", tag = "merchants",
+    summary = "Reactivate a suspended merchant", description = "Roles: admin.",
+    params(("id" = MerchantId, Path, description = "The merchant"), IdempotencyKey),
+    request_body(content = Option<ReasonBody>, content_type = "application/json", description = "May be left out (an empty body is `{}`)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The merchant, active again", body = MerchantView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors, NotFound,
+    ),
+)]
 pub async fn reactivate_merchant(
     State(state): State<AppState>,
     caller: Caller,
@@ -233,6 +283,17 @@ pub async fn reactivate_merchant(
     change_merchant(&state, &caller, &id, &body.fingerprint, |now| MerchantCommand::Reactivate { now }).await
 }
 
+#[utoipa::path(
+    post, path = "/v1/merchants/{id}/tier", operation_id = "changeMerchantTier", tag = "merchants",
+    summary = "Change a merchant's risk tier", description = "Roles: admin.",
+    params(("id" = MerchantId, Path, description = "The merchant"), IdempotencyKey),
+    request_body(content = TierBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The merchant in its new tier", body = MerchantView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors, NotFound,
+    ),
+)]
 pub async fn change_tier(
     State(state): State<AppState>,
     caller: Caller,
@@ -249,6 +310,17 @@ pub async fn change_tier(
     .await
 }
 
+#[utoipa::path(
+    post, path = "/v1/merchants/{id}/close", operation_id = "closeMerchant", tag = "merchants",
+    summary = "Close a merchant", description = "Roles: admin.",
+    params(("id" = MerchantId, Path, description = "The merchant"), IdempotencyKey),
+    request_body(content = Option<ReasonBody>, content_type = "application/json", description = "May be left out (an empty body is `{}`)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The merchant, closed", body = MerchantView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors, NotFound,
+    ),
+)]
 pub async fn close_merchant(
     State(state): State<AppState>,
     caller: Caller,
@@ -266,7 +338,7 @@ pub async fn close_merchant(
 
 // ---------------------------------------------------------------- api keys
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     role: Role,
@@ -279,6 +351,17 @@ fn key_record(executed: &Executed<ApiKeyAggregate>) -> Result<KeyRecord, ApiErro
     Ok(KeyRecord { id: key.id, role: key.role, merchant_id: key.merchant_id, revoked: key.revoked })
 }
 
+#[utoipa::path(
+    post, path = "/v1/api_keys", operation_id = "createApiKey", tag = "api_keys",
+    summary = "Create an API key (the secret is shown once)", description = "Roles: admin.",
+    params(IdempotencyKey),
+    request_body(content = CreateKey, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The key, with its secret in `key` (not in a replay)", body = ApiKeyView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors, NotFound,
+    ),
+)]
 pub async fn create_key(State(state): State<AppState>, caller: Caller, body: Body) -> Result<Reply, ApiError> {
     caller.require(ADMIN)?;
     let CreateKey { role, merchant_id } = body.json()?;
@@ -294,13 +377,23 @@ pub async fn create_key(State(state): State<AppState>, caller: Caller, body: Bod
         &body.fingerprint,
         StatusCode::CREATED,
         |meta| async move { services.issue_key(&meta, role, merchant_id).await },
-        |(executed, secret)| Ok(views::api_key(&key_record(&executed)?, Some(&secret), executed.position)),
+        |(executed, secret)| value(views::api_key(&key_record(&executed)?, Some(&secret), executed.position)),
         // The secret is shown once only; a replay cannot show it again.
-        async |executed, _| Ok(views::api_key(&key_record(&executed)?, None, executed.position)),
+        async |executed, _| value(views::api_key(&key_record(&executed)?, None, executed.position)),
     )
     .await
 }
 
+#[utoipa::path(
+    delete, path = "/v1/api_keys/{id}", operation_id = "revokeApiKey", tag = "api_keys",
+    summary = "Revoke an API key", description = "Roles: admin.",
+    params(("id" = ApiKeyId, Path, description = "The key"), IdempotencyKey),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The key, revoked", body = ApiKeyView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors, NotFound,
+    ),
+)]
 pub async fn revoke_key(
     State(state): State<AppState>,
     caller: Caller,
@@ -311,7 +404,7 @@ pub async fn revoke_key(
     let id: ApiKeyId = parse_id(&id, "api key")?;
     let services = &state.services;
     let render =
-        |executed: Executed<ApiKeyAggregate>| Ok(views::api_key(&key_record(&executed)?, None, executed.position));
+        |executed: Executed<ApiKeyAggregate>| value(views::api_key(&key_record(&executed)?, None, executed.position));
     run(
         &state,
         &caller,
@@ -326,7 +419,7 @@ pub async fn revoke_key(
 
 // ---------------------------------------------------------------- payments
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePayment {
     amount: i64,
@@ -342,6 +435,17 @@ pub struct CreatePayment {
     metadata: Option<BTreeMap<String, String>>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/payments", operation_id = "createPayment", tag = "payments",
+    summary = "Create a payment (risk, authorization, automatic capture)", description = "Roles: merchant.",
+    params(IdempotencyKey),
+    request_body(content = CreatePayment, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The payment: authorized, captured, declined or held for review", body = PaymentView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors,
+    ),
+)]
 pub async fn create_payment(State(state): State<AppState>, caller: Caller, body: Body) -> Result<Reply, ApiError> {
     caller.require(MERCHANT)?;
     let merchant_id = caller.key.merchant_id.ok_or_else(ApiError::forbidden)?;
@@ -357,7 +461,7 @@ pub async fn create_payment(State(state): State<AppState>, caller: Caller, body:
     };
     let services = &state.services;
     let method = input.method.clone();
-    let resume_meta = caller.meta(&body.fingerprint).followup();
+    let resume_meta = caller.meta(&body.fingerprint.canonical).followup();
     run(
         &state,
         &caller,
@@ -394,6 +498,12 @@ async fn visible_payment(state: &AppState, caller: &Caller, id: &str) -> Result<
     }
 }
 
+#[utoipa::path(
+    get, path = "/v1/payments/{id}", operation_id = "getPayment", tag = "payments",
+    summary = "Retrieve a payment", description = "Roles: admin, analyst, auditor, merchant (own).",
+    params(("id" = PaymentId, Path, description = "The payment")), security(("bearer" = [])),
+    responses((status = 200, description = "The payment", body = PaymentView), ReadErrors, NotFound),
+)]
 pub async fn get_payment(
     State(state): State<AppState>,
     caller: Caller,
@@ -401,26 +511,50 @@ pub async fn get_payment(
 ) -> Result<Reply, ApiError> {
     caller.require(READERS)?;
     let (payment, position) = visible_payment(&state, &caller, &id).await?;
-    Ok(ok(views::payment(&payment, position)))
+    ok(views::payment(&payment, position))
 }
 
+/// Events per page of a payment's history by default, and at most.
+const DEFAULT_EVENT_PAGE: usize = 100;
+const MAX_EVENT_PAGE: usize = 1_000;
+static EVENT_PARAMS: LazyLock<Spec> = LazyLock::new(Spec::of::<EventParams>);
+
+/// The payment's events in log order, a page at a time: the cursor is the
+/// position of the page's last event.
+#[utoipa::path(
+    get, path = "/v1/payments/{id}/events", operation_id = "listPaymentEvents", tag = "payments",
+    summary = "The payment's own history, as stored", description = "Roles: admin, analyst, auditor, merchant (own).",
+    params(("id" = PaymentId, Path, description = "The payment"), EventParams), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of the payment's events, in log order",
+            content((List<EventView> = "application/json"), (String = "text/csv")),
+            headers(("Paystream-Next-Cursor" = String, description = "The next page's cursor, as `next_cursor`; absent on the last page"))),
+        ReadErrors, NotFound,
+    ),
+)]
 pub async fn payment_events(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Reply, ApiError> {
+    query: QueryString,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     caller.require(READERS)?;
     let (payment, _) = visible_payment(&state, &caller, &id).await?;
+    let params = Params::new(query, &EVENT_PARAMS)?;
+    let limit = params.limit(DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)?;
+    let after: u64 = params.parse("starting_after", "the previous page's next_cursor")?.unwrap_or(0);
     let stream = paystream_commands::stream_id::<PaymentAggregate>(payment.id.as_uuid());
     let events = state.services.bus.read_stream(&stream).await?;
-    Ok(ok(json!({
-        "object": "list",
-        "data": events.iter().map(views::recorded_event).collect::<Vec<_>>(),
-        "has_more": false,
-    })))
+    let mut rest = events.iter().filter(|e| e.position > after);
+    let data: Vec<EventView> = rest.by_ref().take(limit).map(views::recorded_event).collect();
+    let more = rest.next().is_some();
+    let next_cursor = data.last().filter(|_| more).map(|e| e.position.to_string());
+    let list = List::page(data, next_cursor);
+    respond_list(&headers, &list, &list, |out| rows_to_csv(&list.data, out))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureBody {
     #[serde(default)]
@@ -453,7 +587,7 @@ async fn act_on_payment(
     caller: &Caller,
     access: Access,
     id: &str,
-    fingerprint: &str,
+    fingerprint: &Fingerprint,
     exec: impl AsyncFnOnce(&RequestMeta, PaymentId) -> Result<Executed<PaymentAggregate>, CommandError>,
     render: impl Fn(Executed<PaymentAggregate>) -> Result<Value, ApiError> + Copy,
 ) -> Result<Reply, ApiError> {
@@ -473,6 +607,17 @@ async fn act_on_payment(
     .await
 }
 
+#[utoipa::path(
+    post, path = "/v1/payments/{id}/capture", operation_id = "capturePayment", tag = "payments",
+    summary = "Capture all or part of an authorization", description = "Roles: merchant (own).",
+    params(("id" = PaymentId, Path, description = "The payment"), IdempotencyKey),
+    request_body(content = Option<CaptureBody>, content_type = "application/json", description = "May be left out (an empty body is `{}`)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The payment after the capture", body = PaymentView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors, NotFound,
+    ),
+)]
 pub async fn capture_payment(
     State(state): State<AppState>,
     caller: Caller,
@@ -496,6 +641,17 @@ pub async fn capture_payment(
     .await
 }
 
+#[utoipa::path(
+    post, path = "/v1/payments/{id}/void", operation_id = "voidPayment", tag = "payments",
+    summary = "Void an authorization before any capture", description = "Roles: merchant (own).",
+    params(("id" = PaymentId, Path, description = "The payment"), IdempotencyKey),
+    request_body(content = Option<ReasonBody>, content_type = "application/json", description = "May be left out (an empty body is `{}`)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The payment, voided", body = PaymentView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors, NotFound,
+    ),
+)]
 pub async fn void_payment(
     State(state): State<AppState>,
     caller: Caller,
@@ -517,7 +673,7 @@ pub async fn void_payment(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundBody {
     #[serde(default)]
@@ -530,9 +686,20 @@ pub struct RefundBody {
 
 fn render_refund(executed: Executed<PaymentAggregate>) -> Result<Value, ApiError> {
     let payment = executed.state.as_ref().ok_or_else(ApiError::internal)?;
-    views::refund(payment, &executed.events).ok_or_else(ApiError::internal)
+    value(views::refund(payment, &executed.events).ok_or_else(ApiError::internal)?)
 }
 
+#[utoipa::path(
+    post, path = "/v1/payments/{id}/refunds", operation_id = "refundPayment", tag = "payments",
+    summary = "Refund all or part of what was captured", description = "Roles: merchant (own).",
+    params(("id" = PaymentId, Path, description = "The payment"), IdempotencyKey),
+    request_body(content = Option<RefundBody>, content_type = "application/json", description = "May be left out (an empty body is `{}`)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The refund", body = RefundView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors, NotFound,
+    ),
+)]
 pub async fn refund_payment(
     State(state): State<AppState>,
     caller: Caller,
@@ -554,7 +721,7 @@ pub async fn refund_payment(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewBody {
     decision: ReviewDecision,
@@ -562,6 +729,17 @@ pub struct ReviewBody {
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/payments/{id}/review", operation_id = "reviewPayment", tag = "payments",
+    summary = "Approve or reject a payment held for review", description = "Roles: admin, analyst.",
+    params(("id" = PaymentId, Path, description = "The payment"), IdempotencyKey),
+    request_body(content = ReviewBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The payment after the decision", body = PaymentView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors, NotFound,
+    ),
+)]
 pub async fn review_payment(
     State(state): State<AppState>,
     caller: Caller,
@@ -583,7 +761,7 @@ pub async fn review_payment(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DisputeBody {
     amount: i64,
@@ -594,9 +772,20 @@ pub struct DisputeBody {
 
 fn render_dispute(executed: Executed<PaymentAggregate>) -> Result<Value, ApiError> {
     let payment = executed.state.as_ref().ok_or_else(ApiError::internal)?;
-    views::dispute(payment, &executed.events).ok_or_else(ApiError::internal)
+    value(views::dispute(payment, &executed.events).ok_or_else(ApiError::internal)?)
 }
 
+#[utoipa::path(
+    post, path = "/v1/payments/{id}/disputes", operation_id = "openDispute", tag = "payments",
+    summary = "Open a dispute (the acquirer's chargeback notice)", description = "Roles: admin.",
+    params(("id" = PaymentId, Path, description = "The payment"), IdempotencyKey),
+    request_body(content = DisputeBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The dispute", body = DisputeView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors, NotFound,
+    ),
+)]
 pub async fn open_dispute(
     State(state): State<AppState>,
     caller: Caller,
@@ -620,12 +809,23 @@ pub async fn open_dispute(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolveBody {
     outcome: DisputeOutcome,
 }
 
+#[utoipa::path(
+    post, path = "/v1/payments/{id}/disputes/{dispute_id}/resolve", operation_id = "resolveDispute", tag = "payments",
+    summary = "Record a dispute's outcome", description = "Roles: admin.",
+    params(("id" = PaymentId, Path, description = "The payment"), ("dispute_id" = DisputeId, Path, description = "The dispute"), IdempotencyKey),
+    request_body(content = ResolveBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The dispute, won or lost", body = DisputeView, headers(("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request with the same `Idempotency-Key`"))),
+        CommandErrors, NotFound,
+    ),
+)]
 pub async fn resolve_dispute(
     State(state): State<AppState>,
     caller: Caller,
@@ -650,7 +850,12 @@ pub async fn resolve_dispute(
 
 // ---------------------------------------------------------------- misc
 
+#[utoipa::path(
+    get, path = "/healthz", operation_id = "getHealth", tag = "meta",
+    summary = "Liveness and log head position", description = "Roles: none.",
+    responses((status = 200, description = "The server is up", body = Health), Internal),
+)]
 pub async fn healthz(State(state): State<AppState>) -> Result<Reply, ApiError> {
     let head = state.services.bus.store().head().await?;
-    Ok(ok(json!({"status": "ok", "head_position": head, "facts_position": state.services.facts.applied()})))
+    ok(Health { status: views::HealthStatus::Ok, head_position: head, facts_position: state.services.facts.applied() })
 }

@@ -29,10 +29,11 @@ use paystream_domain::merchant::MerchantAggregate;
 use paystream_domain::payment::PaymentAggregate;
 use paystream_domain::Aggregate;
 use paystream_projections::Projections;
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::routes::routes;
+use crate::openapi;
 use crate::state::AppState;
 
 /// Counter (labels `route`, `method`, `status`): requests answered.
@@ -166,12 +167,16 @@ async fn render(State(scrape): State<Scrape>) -> Response {
 }
 
 /// The `route` label: the matched route's template (`/v1/payments/{id}`), never the
-/// raw path, so the series stay as many as the routes.
+/// raw path, so the series stay as many as the routes. Every route the router has is
+/// a path of the OpenAPI document (both come from the same `routes!` calls), whose
+/// keys live as long as the process.
 pub fn route_label(matched: Option<&MatchedPath>) -> &'static str {
-    static TEMPLATES: OnceLock<Vec<&'static str>> = OnceLock::new();
     let Some(matched) = matched else { return UNMATCHED_ROUTE };
-    let templates = TEMPLATES.get_or_init(|| routes().iter().map(|route| route.path).collect());
-    templates.iter().find(|template| **template == matched.as_str()).copied().unwrap_or(UNMATCHED_ROUTE)
+    openapi::document()
+        .get("paths")
+        .and_then(Value::as_object)
+        .and_then(|paths| paths.get_key_value(matched.as_str()))
+        .map_or(UNMATCHED_ROUTE, |(template, _)| template.as_str())
 }
 
 /// The `method` label: the standard methods by name, any other as `other`.

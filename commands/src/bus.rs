@@ -29,8 +29,9 @@ use crate::error::CommandError;
 /// Attempts per command when another writer changed the stream meanwhile.
 pub const MAX_CONFLICT_ATTEMPTS: u32 = 5;
 /// Counter (label `category`, the stream category): appends refused because another
-/// writer changed the stream meanwhile, each decided again on fresh state (after
-/// [`MAX_CONFLICT_ATTEMPTS`] the command fails with [`CommandError::Conflict`]).
+/// writer changed the stream meanwhile. [`CommandBus::execute`] decides again on fresh
+/// state, at most [`MAX_CONFLICT_ATTEMPTS`] times in all, then fails with
+/// [`CommandError::Conflict`]; [`CommandBus::create`] fails at once.
 pub const CONFLICT_RETRIES_TOTAL: &str = "paystream_command_conflict_retries_total";
 /// Events read per call while loading a stream.
 pub const STREAM_READ_BATCH: usize = 1_000;
@@ -166,15 +167,6 @@ pub struct CommandBus {
     states: Mutex<StateCache>,
 }
 
-/// Where [`CommandBus::execute_from`] starts.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Start {
-    /// The cached state if any, else the log's.
-    Known,
-    /// An empty stream (its id was just minted).
-    New,
-}
-
 impl CommandBus {
     pub fn new(store: Arc<dyn EventStore>, context: Context) -> CommandBus {
         CommandBus { store, context, in_flight: Mutex::new(HashMap::new()), states: Mutex::default() }
@@ -230,34 +222,6 @@ impl CommandBus {
         &self,
         id: &Uuid,
         meta: &RequestMeta,
-        command: impl FnMut(&A::State) -> Result<A::Command, CommandError>,
-    ) -> Result<Executed<A>, CommandError>
-    where
-        A::State: Send + Sync + 'static,
-    {
-        self.execute_from::<A>(Start::Known, id, meta, command).await
-    }
-
-    /// [`execute`](Self::execute) on a stream whose id was just minted: the first
-    /// attempt decides on the empty state without reading the log (the append
-    /// expects no stream, so an existing one is a conflict, decided again on it).
-    pub async fn create<A: Aggregate>(
-        &self,
-        id: &Uuid,
-        meta: &RequestMeta,
-        command: impl FnMut(&A::State) -> Result<A::Command, CommandError>,
-    ) -> Result<Executed<A>, CommandError>
-    where
-        A::State: Send + Sync + 'static,
-    {
-        self.execute_from::<A>(Start::New, id, meta, command).await
-    }
-
-    async fn execute_from<A: Aggregate>(
-        &self,
-        mut start: Start,
-        id: &Uuid,
-        meta: &RequestMeta,
         mut command: impl FnMut(&A::State) -> Result<A::Command, CommandError>,
     ) -> Result<Executed<A>, CommandError>
     where
@@ -265,41 +229,76 @@ impl CommandBus {
     {
         let stream = stream_id::<A>(id);
         for _ in 0..MAX_CONFLICT_ATTEMPTS {
-            let (state, version) = match start {
-                Start::New => (A::State::default(), 0),
-                Start::Known => match self.cached::<A>(&stream) {
-                    Some((state, version)) => (state, version),
-                    None => {
-                        let loaded = self.load::<A>(id).await?;
-                        (loaded.state, loaded.version)
-                    }
-                },
+            let (state, version) = match self.cached::<A>(&stream) {
+                Some(cached) => cached,
+                None => {
+                    let loaded = self.load::<A>(id).await?;
+                    (loaded.state, loaded.version)
+                }
             };
-            start = Start::Known;
-            let events = A::decide(&state, command(&state)?, &self.context)?;
-            debug_assert!(!events.is_empty(), "decide returned no events and no error");
-            let new_events = events
-                .iter()
-                .enumerate()
-                .map(|(i, event)| encode(event, meta.metadata(i == 0)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
-            match self.store.append(&stream, expected, new_events).await {
-                Ok(AppendResult { first_position, last_position, last_version, .. }) => {
-                    let state = events.iter().fold(state, |s, e| A::evolve(s, e));
-                    self.states().put(&stream, last_version, state.clone());
-                    let events = events.into_iter().zip(first_position..=last_position).collect();
-                    return Ok(Executed { state, events, position: last_position });
-                }
-                Err(StoreError::WrongExpectedVersion { .. }) => {
-                    self.states().forget(&stream);
-                    metrics::counter!(CONFLICT_RETRIES_TOTAL, "category" => A::STREAM_CATEGORY).increment(1);
-                    continue;
-                }
-                Err(error) => return Err(error.into()),
+            let command = command(&state)?;
+            if let Some(executed) = self.decide_and_append::<A>(&stream, state, version, command, meta).await? {
+                return Ok(executed);
             }
         }
         Err(CommandError::Conflict { stream_id: stream, attempts: MAX_CONFLICT_ATTEMPTS })
+    }
+
+    /// Decides `command` on the empty state of a stream whose id was just minted,
+    /// without reading the log, and appends expecting no stream: an existing one
+    /// (an id minted twice) is a conflict, not retried.
+    pub async fn create<A: Aggregate>(
+        &self,
+        id: &Uuid,
+        meta: &RequestMeta,
+        command: A::Command,
+    ) -> Result<Executed<A>, CommandError>
+    where
+        A::State: Send + Sync + 'static,
+    {
+        let stream = stream_id::<A>(id);
+        match self.decide_and_append::<A>(&stream, A::State::default(), 0, command, meta).await? {
+            Some(executed) => Ok(executed),
+            None => Err(CommandError::Conflict { stream_id: stream, attempts: 1 }),
+        }
+    }
+
+    /// Decides `command` on `state` (the stream at `version`) and appends the events
+    /// expecting that version; `None` if the stream has moved on (its cached state
+    /// is dropped). Keeps the new state in the state cache.
+    async fn decide_and_append<A: Aggregate>(
+        &self,
+        stream: &str,
+        state: A::State,
+        version: StreamVersion,
+        command: A::Command,
+        meta: &RequestMeta,
+    ) -> Result<Option<Executed<A>>, CommandError>
+    where
+        A::State: Send + Sync + 'static,
+    {
+        let events = A::decide(&state, command, &self.context)?;
+        debug_assert!(!events.is_empty(), "decide returned no events and no error");
+        let new_events = events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| encode(event, meta.metadata(i == 0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
+        match self.store.append(stream, expected, new_events).await {
+            Ok(AppendResult { first_position, last_position, last_version, .. }) => {
+                let state = events.iter().fold(state, |s, e| A::evolve(s, e));
+                self.states().put(stream, last_version, state.clone());
+                let events = events.into_iter().zip(first_position..=last_position).collect();
+                Ok(Some(Executed { state, events, position: last_position }))
+            }
+            Err(StoreError::WrongExpectedVersion { .. }) => {
+                self.states().forget(stream);
+                metrics::counter!(CONFLICT_RETRIES_TOTAL, "category" => A::STREAM_CATEGORY).increment(1);
+                Ok(None)
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Serialises requests that carry the same idempotency key inside this
@@ -317,8 +316,9 @@ impl CommandBus {
     }
 
     /// The earlier request that used `key`: `Ok(None)` if none; an error if
-    /// it came with another fingerprint.
-    pub async fn find_replay(&self, key: &str, fingerprint: &str) -> Result<Option<Replay>, CommandError> {
+    /// it came with a fingerprint other than those of `fingerprints` (the
+    /// request's current fingerprint, and any older form of it).
+    pub async fn find_replay(&self, key: &str, fingerprints: &[&str]) -> Result<Option<Replay>, CommandError> {
         let Some(existing) = self.store.find_idempotent(key).await? else {
             return Ok(None);
         };
@@ -330,7 +330,7 @@ impl CommandBus {
             }
             .into());
         };
-        if first.metadata.request_fingerprint.as_deref() != Some(fingerprint) {
+        if !first.metadata.request_fingerprint.as_deref().is_some_and(|stored| fingerprints.contains(&stored)) {
             return Err(CommandError::IdempotencyKeyReused);
         }
         let correlation_id = first.metadata.correlation_id.ok_or_else(|| CommandError::Decode {

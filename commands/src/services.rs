@@ -115,19 +115,20 @@ impl Services {
         let merchant_id = MerchantId::from_uuid(Uuid::now_v7());
         let now = now();
         self.bus
-            .create::<MerchantAggregate>(merchant_id.as_uuid(), meta, |_| {
-                let i = input.clone();
-                Ok(MerchantCommand::Onboard {
+            .create::<MerchantAggregate>(
+                merchant_id.as_uuid(),
+                meta,
+                MerchantCommand::Onboard {
                     merchant_id,
-                    name: i.name,
-                    country: i.country,
-                    default_currency: i.default_currency,
-                    settlement_currency: i.settlement_currency,
-                    tier: i.tier,
-                    fees: i.fees,
+                    name: input.name,
+                    country: input.country,
+                    default_currency: input.default_currency,
+                    settlement_currency: input.settlement_currency,
+                    tier: input.tier,
+                    fees: input.fees,
                     now,
-                })
-            })
+                },
+            )
             .await
     }
 
@@ -169,9 +170,11 @@ impl Services {
         let now = now();
         let executed = self
             .bus
-            .create::<ApiKeyAggregate>(key_id.as_uuid(), meta, |_| {
-                Ok(ApiKeyCommand::Issue { key_id, role, merchant: merchant.clone(), key_hash: key_hash.clone(), now })
-            })
+            .create::<ApiKeyAggregate>(
+                key_id.as_uuid(),
+                meta,
+                ApiKeyCommand::Issue { key_id, role, merchant, key_hash, now },
+            )
             .await?;
         for (event, _) in &executed.events {
             self.facts.apply_key_now(event);
@@ -215,10 +218,12 @@ impl Services {
         let daily_volume = self.facts.daily_volume(merchant.id, input.amount.currency, now)?;
         let initiated = self
             .bus
-            .create::<PaymentAggregate>(payment_id.as_uuid(), meta, |_| {
-                Ok(PaymentCommand::Initiate(Box::new(InitiatePayment {
+            .create::<PaymentAggregate>(
+                payment_id.as_uuid(),
+                meta,
+                PaymentCommand::Initiate(Box::new(InitiatePayment {
                     payment_id,
-                    merchant: merchant.clone(),
+                    merchant,
                     amount: input.amount,
                     capture_method: input.capture_method,
                     method: input.method.clone(),
@@ -228,8 +233,8 @@ impl Services {
                     daily_volume,
                     signals,
                     now,
-                })))
-            })
+                })),
+            )
             .await?;
         let awaiting = initiated
             .state

@@ -14,6 +14,8 @@ pub mod id;
 pub mod merchant;
 pub mod method;
 pub mod money;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod payment;
 pub mod risk;
 pub mod testing;

@@ -12,6 +12,7 @@ use crate::time::Timestamp;
 
 /// Risk tier. A is the most trusted (highest limits), D the tightest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Tier {
     A,
     B,
@@ -85,6 +86,7 @@ impl FeeSchedule {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum MerchantStatus {
     Active,
     Suspended,

@@ -109,6 +109,7 @@ pub fn luhn_valid(digits: &str) -> bool {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CardBrand {
     Visa,
     Mastercard,
@@ -139,6 +140,7 @@ impl CardBrand {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum WalletProvider {
     Alipay,
     WechatPay,
@@ -147,6 +149,7 @@ pub enum WalletProvider {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum QrScheme {
     Alipay,
     WechatPay,
@@ -157,10 +160,15 @@ pub enum QrScheme {
 /// Card details as they arrive with a command.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CardInput {
+    /// 12 to 19 digits (spaces and dashes between them allowed), passing the Luhn check.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub number: CardNumber,
     pub exp_month: u8,
     pub exp_year: u16,
+    /// 3 or 4 digits.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub cvc: Cvc,
 }
 
@@ -227,6 +235,7 @@ impl TryFrom<MethodJson> for PaymentMethodInput {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BankTransferInput {
     pub bank_code: String,
     pub account_holder: String,
@@ -235,6 +244,7 @@ pub struct BankTransferInput {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WalletInput {
     pub provider: WalletProvider,
     pub account_id: String,
@@ -242,6 +252,7 @@ pub struct WalletInput {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QrCodeInput {
     pub scheme: QrScheme,
     pub payer_id: String,
@@ -275,13 +286,16 @@ impl<'de> Deserialize<'de> for DeviceToken {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NfcInput {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub device_token: DeviceToken,
 }
 
 /// What the log keeps about the instrument.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum MethodSummary {
     Card {
         brand: CardBrand,

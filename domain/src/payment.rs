@@ -37,6 +37,7 @@ pub const MAX_ACQUIRER_REFERENCE_CHARS: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CaptureMethod {
     /// Captured in full as soon as it is authorized (and approved if reviewed).
     Automatic,
@@ -47,12 +48,14 @@ pub enum CaptureMethod {
 /// The customer as the merchant describes them. All fields optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Customer {
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
     pub email: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = "ip"))]
     pub ip: Option<IpAddr>,
     #[serde(default)]
     pub country: Option<CountryCode>,
@@ -89,6 +92,7 @@ impl Customer {
 /// Why a payment was declined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DeclineCode {
     /// The issuer refused without a reason.
     CardDeclined,
@@ -126,6 +130,7 @@ pub enum AcquirerOutcome {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ReviewDecision {
     Approve,
     Reject,
@@ -133,6 +138,7 @@ pub enum ReviewDecision {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DisputeOutcome {
     Won,
     Lost,
@@ -355,6 +361,7 @@ impl DomainEvent for PaymentEvent {
 /// amounts; `Refunded` means everything captured was refunded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum PaymentStatus {
     /// Initiated, waiting for the acquirer's answer.
     Pending,
@@ -429,6 +436,7 @@ impl StatusFacts {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ReviewState {
     NotRequired,
     Pending,
@@ -461,6 +469,7 @@ pub struct Refund {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DisputeStatus {
     Open,
     Won,

@@ -21,6 +21,7 @@ pub struct RiskSignals {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RiskDecision {
     Approve,
     Review,
@@ -30,6 +31,7 @@ pub enum RiskDecision {
 /// The rules that can fire, with their points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RiskRule {
     /// The amount is above half of the tier's single-payment limit.
     AmountNearTierLimit,

@@ -33,6 +33,7 @@ pub(crate) fn method_index(method: &MethodSummary) -> u8 {
 
 /// Counts and amounts (minor units of the row's currency).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Counters {
     /// `PaymentInitiated`.
     pub attempted_count: i64,
@@ -163,6 +164,7 @@ impl Record for Counters {
 
 /// Figures computed from [`Counters`] at query time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Derived {
     /// captured − refunded − dispute lost − fees.
     pub net_minor: i64,

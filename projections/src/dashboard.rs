@@ -270,6 +270,7 @@ pub struct DashboardQuery {
 
 /// Counters of one day (or of the whole range, in `totals`) in one currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DayFigures {
     /// `YYYY-MM-DD` (UTC).
     pub date: String,
@@ -323,6 +324,7 @@ fn mix_map(mix: &[i64; 5]) -> BTreeMap<String, i64> {
 
 /// Totals of the queried range in one currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TotalFigures {
     pub currency: Currency,
     #[serde(flatten)]
@@ -334,6 +336,7 @@ pub struct TotalFigures {
 
 /// Balances in one currency as of the end of the query's `to` day (module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Balance {
     pub currency: Currency,
     pub pending_minor: i64,
@@ -367,6 +370,7 @@ impl Balance {
 
 /// The answer to a [`DashboardQuery`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DashboardReport {
     pub merchant_id: MerchantId,
     pub from: String,

@@ -66,6 +66,7 @@ pub const MAX_JOURNAL_PAGE: usize = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Account {
     AcquirerReceivable,
     SettlementCash,
@@ -78,6 +79,7 @@ pub enum Account {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AccountKind {
     Asset,
     Liability,
@@ -137,6 +139,7 @@ impl Account {
 
 /// One line of a journal entry: a debit or a credit (the other is 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JournalLine {
     pub account: Account,
     pub debit_minor: i64,
@@ -145,6 +148,7 @@ pub struct JournalLine {
 
 /// What one event posted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JournalEntry {
     /// Log position of the event that posted it (the entry's id).
     pub position: u64,
@@ -449,6 +453,7 @@ fn decode_chunk(key: &[u8], value: &[u8]) -> Result<JournalChunk, ProjectionErro
 
 /// An account's totals in one currency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountBalance {
     pub account: Account,
     pub kind: AccountKind,
@@ -495,6 +500,7 @@ pub fn accounts(tree: &sled::Tree, currency: Option<Currency>) -> Result<Vec<Acc
 
 /// The trial balance of one currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CurrencyTrialBalance {
     pub currency: Currency,
     pub debit_minor: i64,
@@ -506,6 +512,7 @@ pub struct CurrencyTrialBalance {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrialBalance {
     /// True when every currency balances.
     pub balanced: bool,

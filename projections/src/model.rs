@@ -14,6 +14,7 @@ use crate::error::ProjectionError;
 /// The projections this crate maintains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProjectionName {
     MerchantDashboard,
     PaymentSearch,

@@ -222,6 +222,7 @@ fn method_name(index: u8) -> &'static str {
 /// A dimension to sum along.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Dimension {
     Day,
     Merchant,
@@ -257,11 +258,13 @@ pub struct OverviewQuery {
     /// Dimensions to keep apart; `currency` is always added. Empty: one row per currency.
     pub group_by: Vec<Dimension>,
     pub merchant_id: Option<MerchantId>,
-    pub currency: Option<Currency>,
+    /// Any of these currencies; empty: every currency.
+    pub currency: Vec<Currency>,
 }
 
 /// One group. Dimensions not grouped by are left out of the JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OverviewRow {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub date: Option<String>,
@@ -316,7 +319,9 @@ fn query_bounded(tree: &sled::Tree, q: &OverviewQuery, max_rows: usize) -> Resul
     for item in tree.range(start..end) {
         let (key, value) = item?;
         let k = parse_row_key(&key).ok_or_else(|| corrupt(&key))?;
-        if q.merchant_id.is_some_and(|m| m != k.merchant) || q.currency.is_some_and(|c| c != k.currency) {
+        if q.merchant_id.is_some_and(|m| m != k.merchant)
+            || (!q.currency.is_empty() && !q.currency.contains(&k.currency))
+        {
             continue;
         }
         let c = Counters::decode(&value).ok_or_else(|| corrupt(&key))?;
@@ -361,6 +366,35 @@ fn query_bounded(tree: &sled::Tree, q: &OverviewQuery, max_rows: usize) -> Resul
         group_by,
         rows,
     })
+}
+
+/// The ids of the merchants onboarded so far, newest first (ids are UUIDv7, so
+/// descending id order is the reverse of the order they were onboarded), before
+/// `before` if given: at most `limit`, and whether more follow.
+pub fn merchant_ids(
+    tree: &sled::Tree,
+    before: Option<MerchantId>,
+    limit: usize,
+) -> Result<(Vec<MerchantId>, bool), ProjectionError> {
+    let prefix = b"m".to_vec();
+    let end = match before {
+        Some(before) => merchant_key(before.as_uuid()),
+        None => keys::prefix_end(&prefix),
+    };
+    let mut ids = Vec::with_capacity(limit);
+    for item in tree.range(prefix..end).rev() {
+        let (key, _) = item?;
+        let id = key
+            .get(1..)
+            .and_then(|bytes| uuid::Uuid::from_slice(bytes).ok())
+            .map(MerchantId::from_uuid)
+            .ok_or_else(|| corrupt(&key))?;
+        if ids.len() == limit {
+            return Ok((ids, true));
+        }
+        ids.push(id);
+    }
+    Ok((ids, false))
 }
 
 fn merchant_name(tree: &sled::Tree, merchant: MerchantId) -> Result<Option<String>, ProjectionError> {
@@ -427,7 +461,7 @@ mod tests {
             to: day,
             group_by,
             merchant_id: None,
-            currency: None,
+            currency: Vec::new(),
         };
         let fine = query_bounded(&tree, &q(vec![Dimension::Merchant, Dimension::Method]), 1_000).unwrap();
         let rows = fine.rows.len();

@@ -231,6 +231,7 @@ struct Meta {
 /// What a projection is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProjectionState {
     /// Kept current by the follower.
     Running,
@@ -247,21 +248,26 @@ pub enum ProjectionState {
 
 /// Progress of a rebuild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RebuildProgress {
     pub version: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub checkpoint: Position,
     pub lag: u64,
 }
 
-/// One line of [`Projections::status`].
+/// One projection's status (a line of [`Projections::status`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectionStatus {
     pub name: ProjectionName,
     /// The version queries read (raised by each rebuild).
     pub version: u64,
     /// Layout version of the model's code.
     pub schema: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub checkpoint: Position,
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub head: Position,
     /// head − checkpoint.
     pub lag: u64,
@@ -893,6 +899,16 @@ impl Projections {
         self.read(ProjectionName::PlatformOverview, |tree| overview::query(tree, query))
     }
 
+    /// The ids of onboarded merchants, newest first, before `before`: at most
+    /// `limit`, and whether more follow (from the platform overview's merchant records).
+    pub fn merchant_ids(
+        &self,
+        before: Option<paystream_domain::id::MerchantId>,
+        limit: usize,
+    ) -> Result<(Vec<paystream_domain::id::MerchantId>, bool), ProjectionError> {
+        self.read(ProjectionName::PlatformOverview, |tree| overview::merchant_ids(tree, before, limit))
+    }
+
     pub fn ledger_accounts(
         &self,
         currency: Option<paystream_domain::Currency>,
@@ -1070,13 +1086,15 @@ impl Inner {
         };
         target.flush_every = if catching_up { self.config.rebuild_batch_events } else { self.config.batch_events };
         let mut moved = target.apply(batch)?;
-        if !moved
-            && !catching_up
-            && target.dirty()
-            && (target.last_flush.elapsed() >= LIVE_FLUSH_INTERVAL
-                || slot.wanted.load(Ordering::Acquire) > target.checkpoint)
-        {
+        // A new tree answers no query until its checkpoint reaches `building_until`:
+        // until then it is stored at once, as for a waiting reader.
+        let building = slot.building_until.load(Ordering::Acquire);
+        let asked = slot.wanted.load(Ordering::Acquire) > target.checkpoint || building != 0;
+        if !moved && !catching_up && target.dirty() && (asked || target.last_flush.elapsed() >= LIVE_FLUSH_INTERVAL) {
             moved = target.flush()?;
+        }
+        if building != UNTIL_UNKNOWN && building != 0 && target.checkpoint >= building {
+            slot.building_until.store(0, Ordering::Release);
         }
         if moved {
             slot.checkpoint.send_replace(target.checkpoint);
@@ -1107,25 +1125,6 @@ impl Inner {
             }
         }
         kept
-    }
-
-    /// Stores what the follower's kept targets applied but did not flush yet.
-    fn flush_kept(&self, kept: Vec<Option<Target>>) {
-        for (index, target) in kept.into_iter().enumerate() {
-            let Some(mut target) = target else { continue };
-            let slot = &self.slots[index];
-            let _write = slot.write.blocking_lock();
-            if target.tree.name() != slot.active().tree.name() {
-                continue;
-            }
-            match target.flush() {
-                Ok(true) => {
-                    slot.checkpoint.send_replace(target.checkpoint);
-                }
-                Ok(false) => {}
-                Err(error) => self.fail(index, &error),
-            }
-        }
     }
 
     fn lowest_live_checkpoint(&self) -> Option<Position> {
@@ -1210,7 +1209,7 @@ async fn follow(inner: Arc<Inner>) {
         // store what the kept sets hold and start the next round with fresh ones.
         let held = std::mem::replace(&mut kept, (0..inner.slots.len()).map(|_| None).collect());
         let flushing = Arc::clone(&inner);
-        if let Err(error) = tokio::task::spawn_blocking(move || flushing.flush_kept(held)).await {
+        if let Err(error) = tokio::task::spawn_blocking(move || drop(flushing.flush_dirty(held))).await {
             tracing::error!(%error, "projection follower: flushing its working sets failed");
         }
         match join_reader(reader).await {

@@ -67,6 +67,7 @@ const NAME: ProjectionName = ProjectionName::PaymentSearch;
 /// capture mode carry the names of the payment object of the HTTP API (`amount`,
 /// `amount_captured`, `fees`, `capture`, ...), in JSON and CSV alike.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PaymentSummary {
     pub id: PaymentId,
     pub merchant_id: MerchantId,
@@ -577,10 +578,13 @@ pub struct SearchQuery {
     /// Only this merchant's payments. The API sets it to the caller's merchant for
     /// merchant keys; analysts and admins may leave it out (all merchants).
     pub merchant_id: Option<MerchantId>,
-    pub status: Option<PaymentStatus>,
-    /// `card`, `bank_transfer`, `wallet`, `qr_code` or `nfc`.
-    pub method_type: Option<String>,
-    pub currency: Option<Currency>,
+    /// Any of these statuses; empty: any status.
+    pub status: Vec<PaymentStatus>,
+    /// Any of these methods (`card`, `bank_transfer`, `wallet`, `qr_code` or `nfc`);
+    /// empty: any method.
+    pub method_type: Vec<String>,
+    /// Any of these currencies; empty: any currency.
+    pub currency: Vec<Currency>,
     /// Created at or after.
     pub created_from: Option<Timestamp>,
     /// Created strictly before.
@@ -609,9 +613,9 @@ pub struct SearchPage {
 impl SearchQuery {
     fn matches(&self, s: &PaymentSummary) -> bool {
         self.merchant_id.is_none_or(|m| m == s.merchant_id)
-            && self.status.is_none_or(|st| st == s.status)
-            && self.method_type.as_deref().is_none_or(|m| m == s.method_type)
-            && self.currency.is_none_or(|c| c == s.currency)
+            && (self.status.is_empty() || self.status.contains(&s.status))
+            && (self.method_type.is_empty() || self.method_type.contains(&s.method_type))
+            && (self.currency.is_empty() || self.currency.contains(&s.currency))
             && self.created_from.is_none_or(|from| s.created_at >= from)
             && self.created_to.is_none_or(|to| s.created_at < to)
             && self.min_amount_minor.is_none_or(|min| s.amount_minor >= min)
@@ -627,7 +631,7 @@ impl SearchQuery {
         if !(1..=MAX_PAGE_SIZE).contains(&limit) {
             return Err(ProjectionError::invalid("limit", format!("must be 1 to {MAX_PAGE_SIZE}")));
         }
-        if let Some(method) = &self.method_type {
+        for method in &self.method_type {
             if !METHOD_TYPES.contains(&method.as_str()) {
                 return Err(ProjectionError::invalid("method", format!("must be one of {METHOD_TYPES:?}")));
             }
@@ -797,7 +801,7 @@ mod tests {
         let queries = [
             SearchQuery { limit: Some(100), ..Default::default() },
             SearchQuery { merchant_id: Some(merchant), limit: Some(37), ..Default::default() },
-            SearchQuery { status: Some(PaymentStatus::Refunded), limit: Some(9), ..Default::default() },
+            SearchQuery { status: vec![PaymentStatus::Refunded], limit: Some(9), ..Default::default() },
             SearchQuery { merchant_id: Some(merchant), created_to: Some(mid), limit: Some(50), ..Default::default() },
             SearchQuery {
                 created_from: Some(mid),

@@ -233,13 +233,13 @@ async fn scripted_day_gives_the_dashboard_worked_out_by_hand() {
     );
     assert!(!page.has_more);
     let first = projections
-        .search_payments(&SearchQuery { status: Some(PaymentStatus::Captured), limit: Some(2), ..Default::default() })
+        .search_payments(&SearchQuery { status: vec![PaymentStatus::Captured], limit: Some(2), ..Default::default() })
         .unwrap();
     assert_eq!(first.data.iter().map(|s| s.id).collect::<Vec<_>>(), vec![flows[6].payment_id, flows[3].payment_id]);
     assert!(first.has_more);
     let second = projections
         .search_payments(&SearchQuery {
-            status: Some(PaymentStatus::Captured),
+            status: vec![PaymentStatus::Captured],
             limit: Some(2),
             starting_after: first.next_cursor,
             ..Default::default()
@@ -254,7 +254,7 @@ async fn scripted_day_gives_the_dashboard_worked_out_by_hand() {
     assert_eq!((by_email.data[0].amount_captured_minor, by_email.data[0].amount_refunded_minor), (15_000, 5_000));
     let wallets = projections
         .search_payments(&SearchQuery {
-            method_type: Some("wallet".into()),
+            method_type: vec!["wallet".into()],
             min_amount_minor: Some(10_000),
             ..Default::default()
         })
@@ -271,7 +271,7 @@ async fn scripted_day_gives_the_dashboard_worked_out_by_hand() {
             to: day,
             group_by: vec![Dimension::Method],
             merchant_id: None,
-            currency: Some(Currency::USD),
+            currency: vec![Currency::USD],
         })
         .unwrap();
     let by_method: Vec<(String, i64, i64)> = overview

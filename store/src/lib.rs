@@ -14,8 +14,8 @@ pub mod metrics;
 mod types;
 
 pub use embedded::{
-    open_derived_db, EmbeddedOptions, EmbeddedStore, OpenReport, TailReport, DEFAULT_IDEMPOTENCY_WINDOW,
-    DEFAULT_INDEX_CACHE_BYTES, DEFAULT_SEGMENT_BYTES,
+    open_derived_db, snapshot_derived_db, EmbeddedOptions, EmbeddedStore, OpenReport, TailReport,
+    DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_INDEX_CACHE_BYTES, DEFAULT_SEGMENT_BYTES, INDEX_DIR,
 };
 pub use error::{InvalidAppend, StoreError};
 pub use event_store::{

@@ -78,7 +78,16 @@ impl Request {
         self
     }
 
+    /// Sends the request and checks the answer against the server's OpenAPI
+    /// document ([`crate::schema::check`]).
     pub fn send(&self, addr: SocketAddr) -> Response {
+        let response = self.send_unchecked(addr);
+        crate::schema::check(addr, &self.method, &self.path, &response);
+        response
+    }
+
+    /// Sends the request; the answer is not checked against the document.
+    pub fn send_unchecked(&self, addr: SocketAddr) -> Response {
         let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         stream.set_read_timeout(Some(RESPONSE_TIMEOUT)).expect("set_read_timeout");
         let body = self.body.as_deref().unwrap_or_default();

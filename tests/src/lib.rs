@@ -13,6 +13,7 @@ pub mod json;
 pub mod routes;
 pub mod scan;
 pub mod scenarios;
+pub mod schema;
 pub mod server;
 
 pub use http::{Client, Request, Response};

@@ -6,6 +6,7 @@
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("POST", "/v1/merchants"),
+    ("GET", "/v1/merchants"),
     ("GET", "/v1/merchants/{id}"),
     ("POST", "/v1/merchants/{id}/suspend"),
     ("POST", "/v1/merchants/{id}/reactivate"),
@@ -31,4 +32,5 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/projections"),
     ("POST", "/v1/projections/{name}/rebuild"),
     ("GET", "/v1/openapi.json"),
+    ("GET", "/openapi.json"),
 ];

@@ -61,7 +61,8 @@ fn same_key_and_body_returns_the_first_response_and_acts_once() {
 }
 
 /// An API key's secret is shown once: a replay of its creation returns the
-/// same key object without the secret.
+/// same key object without the secret (docs/api.md: the secret is never
+/// stored, so it cannot be shown again), and the key works.
 #[test]
 fn replayed_key_creation_does_not_show_the_secret_again() {
     let server = Server::start();
@@ -76,6 +77,47 @@ fn replayed_key_creation_does_not_show_the_secret_again() {
     let mut without_secret = created.clone();
     without_secret.as_object_mut().unwrap().remove("key");
     assert_json(&replay.expect(201), &without_secret);
+    // One key was made, and its secret is the first answer's.
+    let secret = created["key"].as_str().unwrap();
+    server.client(secret).get(&format!("/v1/merchants/{}", merchant.id)).expect(200);
+}
+
+/// "The same request" is the same method, path and JSON meaning: keys in
+/// another order, other whitespace or escapes replay; another value is a 409.
+#[test]
+fn the_same_json_written_differently_replays() {
+    let server = Server::start();
+    let merchant = onboard(&server, "Canonical Shop", "B");
+    let shop = &merchant.client;
+    let card = paystream_tests::fixtures::fresh_card();
+    let compact = format!(
+        r#"{{"amount":2500,"currency":"USD","capture":"manual","method":{{"type":"card","card":{{"number":"{card}","exp_month":12,"exp_year":2035,"cvc":"123"}}}},"metadata":{{"order":"77","channel":"web"}}}}"#
+    );
+    let reordered = format!(
+        "{{\n  \"metadata\": {{\"channel\": \"web\", \"order\": \"77\"}},\n  \"method\": {{\"card\": {{\"cvc\": \"123\", \"exp_year\": 2035, \"exp_month\": 12, \"number\": \"{card}\"}}, \"type\": \"card\"}},\n  \"capture\": \"man\\u0075al\",\n  \"currency\": \"USD\", \"amount\": 2500\n}}\n"
+    );
+    let send = |body: &str| {
+        shop.request("POST", "/v1/payments")
+            .header("Idempotency-Key", "canonical-1")
+            .header("Content-Type", "application/json")
+            .body(body.as_bytes().to_vec())
+            .send(server.addr)
+    };
+    let first = send(&compact);
+    first.expect(201);
+    let head = shop.head_position();
+    assert_replay_of(&send(&reordered), &first);
+    assert_eq!(shop.head_position(), head, "a replay writes nothing");
+    // Another value is another request.
+    let error = send(&compact.replace("\"order\":\"77\"", "\"order\":\"78\"")).expect(409);
+    assert_error(&error, "idempotency_error", "idempotency_key_reused", None);
+
+    // No body and `{}` are the same request (a refund of everything refundable).
+    let payment = first.json();
+    let capture = format!("/v1/payments/{}/capture", id_of(&payment));
+    let captured = shop.request("POST", &capture).header("Idempotency-Key", "capture-all").send(server.addr);
+    captured.expect(200);
+    assert_replay_of(&shop.post_idempotent(&capture, &json!({}), "capture-all"), &captured);
 }
 
 #[test]

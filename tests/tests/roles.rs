@@ -56,6 +56,8 @@ const MATRIX: &[Row] = &[
     //                                                                    admin own  other analyst auditor none bad
     Row { method: "GET",    path: "/healthz",                             expect: [200, 200, 200, 200, 200, 200, 200] },
     Row { method: "POST",   path: "/v1/merchants",                        expect: [201, 403, 403, 403, 403, 401, 401] },
+    // Listing merchants is for every role but merchants.
+    Row { method: "GET",    path: "/v1/merchants",                        expect: [200, 403, 403, 200, 200, 401, 401] },
     Row { method: "GET",    path: "/v1/merchants/{id}",                   expect: [200, 200, 404, 403, 403, 401, 401] },
     Row { method: "POST",   path: "/v1/merchants/{id}/suspend",           expect: [200, 403, 403, 403, 403, 401, 401] },
     Row { method: "POST",   path: "/v1/merchants/{id}/reactivate",        expect: [200, 403, 403, 403, 403, 401, 401] },
@@ -86,6 +88,7 @@ const MATRIX: &[Row] = &[
     Row { method: "GET",    path: "/v1/projections",                      expect: [200, 403, 403, 200, 403, 401, 401] },
     Row { method: "POST",   path: "/v1/projections/{name}/rebuild",       expect: [202, 403, 403, 403, 403, 401, 401] },
     Row { method: "GET",    path: "/v1/openapi.json",                     expect: [200, 200, 200, 200, 200, 200, 200] },
+    Row { method: "GET",    path: "/openapi.json",                        expect: [200, 200, 200, 200, 200, 200, 200] },
 ];
 
 /// Whether a successful call of `row` appends to the log. A rebuild
@@ -128,8 +131,9 @@ fn target(world: &World, row: &Row) -> Target {
     };
     let mut payment = None;
     let (path, body) = match row.path {
-        "/healthz" | "/v1/openapi.json" => (row.path.to_string(), None),
-        "/v1/merchants" => (row.path.to_string(), Some(merchant_body("Matrix New", "C"))),
+        "/healthz" | "/v1/openapi.json" | "/openapi.json" => (row.path.to_string(), None),
+        "/v1/merchants" if row.method == "POST" => (row.path.to_string(), Some(merchant_body("Matrix New", "C"))),
+        "/v1/merchants" => (format!("/v1/merchants?min_position={}", admin.head_position()), None),
         "/v1/merchants/{id}" => (merchant_path, None),
         "/v1/merchants/{id}/suspend" => (format!("{merchant_path}/suspend"), Some(json!({"reason": "kyc review"}))),
         "/v1/merchants/{id}/reactivate" => {
@@ -222,6 +226,10 @@ fn check_body(world: &World, caller: Caller, row: &Row, target: &Target, body: &
                 return Err(format!("payment {payment} visible: expected {visible}, page {ids:?}"));
             }
             Ok(())
+        }
+        // Newest first: the target merchant, made last, heads the first page.
+        "/v1/merchants" if body["data"][0]["id"] != json!(target.owner.id) => {
+            Err(format!("the first merchant listed is {} instead of {}", body["data"][0]["id"], target.owner.id))
         }
         "/v1/merchants/{id}/dashboard" if body["merchant_id"] != json!(target.owner.id) => {
             Err(format!("dashboard of {} instead of {}", body["merchant_id"], target.owner.id))
