@@ -342,8 +342,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
     );
     // A line tests and scripts can wait for.
     println!("listening on http://{local}");
+    // The routers hold the only clones of the state: gone once serving ends, before the
+    // derived databases are snapshotted.
     let state = AppState { services: Arc::clone(&services), projections: projections.clone() };
-    let router = app(state.clone()).merge(metrics::router(metrics_handle.clone(), &state));
+    let scrape = metrics::router(metrics_handle.clone(), &state);
+    let router = app(state).merge(scrape);
     let upkeep = metrics::spawn_upkeep(metrics_handle);
     // Counts open connections; tapped for axum's ConnectInfo<SocketAddr> (the client's
     // address in request log lines).

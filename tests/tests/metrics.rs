@@ -176,9 +176,12 @@ fn run_and_log(format: Option<&str>) -> (String, String, String) {
     assert_eq!(refused.status, 400, "{}", refused.text());
     let code = refused.json()["error"]["code"].as_str().unwrap().to_string();
     server.admin().get("/v1/payments/pay_nothing").expect(404);
+    scrape(&server);
     assert_eq!(server.stop().code(), Some(0), "{}", server.stderr_text());
     let stdout = String::from_utf8(server.stdout()).unwrap();
     let stderr = server.stderr_text();
+    // The metrics route holds no handle of a database past the stop's snapshot.
+    assert!(!stderr.contains("no snapshot at stop"), "{stderr}");
     assert!(!stderr.contains(ADMIN_KEY), "a key secret in the log:\n{stderr}");
     assert_eq!(stdout.matches("listening").count() + stderr.matches("listening").count(), 1, "{stdout}\n{stderr}");
     assert!(stdout.contains("listening on http://127.0.0.1:"), "{stdout}");
