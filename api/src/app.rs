@@ -1,8 +1,10 @@
-//! `app(state) -> Router`: the whole HTTP surface, drivable without a socket.
+//! `app(state) -> Router`: the whole HTTP API, drivable without a socket (`serve`
+//! adds `GET /metrics` beside it: `crate::metrics`).
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -10,8 +12,9 @@ use axum::Router;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::extract::{redact_digits, RequestId, MAX_BODY_BYTES};
+use crate::metrics;
 use crate::openapi;
 use crate::state::AppState;
 
@@ -35,25 +38,44 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// One span per request with its id (echoed as `x-request-id`), the
-/// caller's role and merchant (recorded by the `Caller` extractor) and the
-/// status. Neither bodies nor headers are logged, so no card number, CVC or
-/// API key can reach a log line from here.
+/// One span per request with its id (echoed as `x-request-id`), the client's
+/// address, the caller's role, key id and merchant (recorded by the `Caller`
+/// extractor); one `handled` line when it is answered, with the status, the
+/// error's `code` for an error and the time taken; and the request's metrics
+/// (`crate::metrics`). Neither bodies nor headers are logged, so no card number,
+/// CVC or API key secret can reach a log line from here.
 async fn request_span(mut request: Request, next: Next) -> Response {
     let request_id = Uuid::now_v7();
     request.extensions_mut().insert(RequestId(request_id));
+    let route = metrics::route_label(request.extensions().get::<MatchedPath>());
+    let method = metrics::method_label(request.method());
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         method = %request.method(),
         path = %redact_digits(request.uri().path()),
+        client = tracing::field::Empty,
         role = tracing::field::Empty,
+        key_id = tracing::field::Empty,
         merchant_id = tracing::field::Empty,
     );
+    if let Some(ConnectInfo(client)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        span.record("client", tracing::field::display(client));
+    }
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
-    let elapsed_us = started.elapsed().as_micros() as u64;
-    span.in_scope(|| tracing::info!(status = response.status().as_u16(), elapsed_us, "handled"));
+    let elapsed = started.elapsed();
+    let status = response.status();
+    let elapsed_us = elapsed.as_micros() as u64;
+    let code = response.extensions().get::<ErrorCode>().map(|code| tracing::field::display(code.0.as_str()));
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), code, elapsed_us, "handled");
+        } else {
+            tracing::info!(status = status.as_u16(), code, elapsed_us, "handled");
+        }
+    });
+    metrics::record_request(route, method, status, elapsed);
     if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
         response.headers_mut().insert("x-request-id", value);
     }

@@ -47,6 +47,11 @@ pub enum ErrorType {
     ApiError,
 }
 
+/// The `code` of an error response, left in the response's extensions for the
+/// request log line (`app::request_span`).
+#[derive(Debug, Clone)]
+pub struct ErrorCode(pub String);
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -192,6 +197,7 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
+        response.extensions_mut().insert(ErrorCode(self.code));
         response
     }
 }

@@ -125,6 +125,7 @@ impl FromRequestParts<AppState> for Caller {
         };
         let span = tracing::Span::current();
         span.record("role", key.role.as_str());
+        span.record("key_id", tracing::field::display(&key.id));
         if let Some(merchant_id) = key.merchant_id {
             span.record("merchant_id", merchant_id.to_string());
         }

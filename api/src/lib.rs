@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod list;
+pub mod metrics;
 pub mod openapi;
 pub mod query;
 pub mod read;

@@ -41,6 +41,8 @@ Environment:
   PAYSTREAM_LOG       what is logged on stderr, a tracing filter: error, warn,
                       info, debug, trace, or per module (info,paystream_store=debug)
                       [default: info]
+  PAYSTREAM_LOG_FORMAT  how log lines are written on stderr: text (for people) or
+                      json (one JSON object per line) [default: text]
   `paystream serve --help` also describes PAYSTREAM_ADMIN_KEY and
   PAYSTREAM_FINGERPRINT_KEY.";
 
@@ -57,7 +59,13 @@ Environment:
                              <data>/secrets/fingerprint.key, created on first start]
   PAYSTREAM_LOG              what is logged on stderr, a tracing filter: error, warn,
                              info, debug, trace, or per module
-                             (info,paystream_store=debug) [default: info]";
+                             (info,paystream_store=debug) [default: info]
+  PAYSTREAM_LOG_FORMAT       how log lines are written on stderr: text (for people) or
+                             json (one JSON object per line, for log shippers)
+                             [default: text]. Colour only when stderr is a terminal.
+Metrics:
+  GET /metrics on the listening address: Prometheus text format, no API key
+  (docs/operations.md, \"Metrics\").";
 
 /// An event-sourced payment platform: the HTTP API server and its offline tools.
 #[derive(Parser)]
@@ -331,11 +339,45 @@ async fn open_read_side(data: &Path) -> Result<(Arc<dyn EventStore>, Projections
     Ok((store, projections))
 }
 
-fn init_tracing() {
+/// How log lines are written (`PAYSTREAM_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    /// For people: `2026-01-01T00:00:00.000000Z  INFO request{...}: handled status=201`.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, the event's fields with
+    /// its `message`, and `span` (the fields of the request, for a request's lines).
+    Json,
+}
+
+/// `PAYSTREAM_LOG_FORMAT`: `text` (or unset, or empty) or `json`.
+fn log_format() -> Result<LogFormat, String> {
+    match std::env::var("PAYSTREAM_LOG_FORMAT") {
+        Err(std::env::VarError::NotPresent) => Ok(LogFormat::Text),
+        Ok(value) => match value.trim().to_ascii_lowercase().as_str() {
+            "" | "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("PAYSTREAM_LOG_FORMAT must be text or json, not {value:?}")),
+        },
+        Err(std::env::VarError::NotUnicode(value)) => {
+            Err(format!("PAYSTREAM_LOG_FORMAT must be text or json, not {value:?}"))
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PAYSTREAM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            // Colour only on a terminal: no escape codes in files and pipes.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).init();
+        }
+        LogFormat::Json => {
+            builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+        }
+    }
 }
 
 async fn run(command: Command) -> Result<(), BoxError> {
@@ -471,7 +513,13 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     // `--help` and `--version` print and exit 0; a usage error prints and exits 2.
     let cli = parse_command_line();
-    init_tracing();
+    match log_format() {
+        Ok(format) => init_tracing(format),
+        Err(error) => {
+            eprintln!("paystream: {error}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use paystream_commands::bus::CommandBus;
 use paystream_commands::facts::{Facts, FactsBudget, FactsFollower};
 use paystream_commands::services::{hash_key, Services};
@@ -18,6 +19,7 @@ use paystream_store::{EmbeddedOptions, EmbeddedStore, EventStore, StoreError};
 use uuid::Uuid;
 
 use crate::app::app;
+use crate::metrics;
 use crate::state::AppState;
 
 /// How often lapsed authorizations are looked for.
@@ -158,14 +160,14 @@ pub async fn open(data: &Path, tuning: &Tuning) -> Result<Opened, BoxError> {
     let started = std::time::Instant::now();
     let store: Arc<dyn EventStore> =
         Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open_with(&store_dir, store_options)).await??);
-    let store_ms = started.elapsed().as_millis();
+    let store_ms = started.elapsed().as_millis() as u64;
     let context = Context::new(fingerprint_key(data)?);
     // The facts and the read side open their databases at the same time.
     let projections = tokio::spawn({
         let (data, store, cache_mib) = (data.to_path_buf(), Arc::clone(&store), tuning.projections_cache_mib);
         async move {
             let projections = open_projections_within(&data, store, cache_mib).await;
-            (projections, started.elapsed().as_millis())
+            (projections, started.elapsed().as_millis() as u64)
         }
     });
     let budget = FactsBudget::from_mib(tuning.facts_cache_mib);
@@ -173,7 +175,7 @@ pub async fn open(data: &Path, tuning: &Tuning) -> Result<Opened, BoxError> {
     let head = store.head().await?;
     let mut facts_follower = facts.start(Arc::clone(&store));
     facts_follower.wait_for(&facts, head).await?;
-    let facts_ms = started.elapsed().as_millis();
+    let facts_ms = started.elapsed().as_millis() as u64;
     let bus = Arc::new(CommandBus::new(Arc::clone(&store), context));
     let services = Arc::new(Services::new(bus, facts, Arc::new(SandboxAcquirer::default())));
     let (projections, projections_ms) = projections.await?;
@@ -306,6 +308,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
     // opened, and before a first-start admin key is made (and shown once).
     let listener = bind(&options.listen).await?;
     let local = listener.local_addr()?;
+    // Before the log opens: the store takes its metric handles from the recorder then.
+    let metrics_handle = metrics::install()?;
     let Opened { services, store, projections, facts_follower } = open(&options.data, &options.tuning).await?;
     bootstrap_admin(&services).await?;
     let read_side = projections.start();
@@ -326,20 +330,31 @@ pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
         }
     });
     let tuning = &options.tuning;
+    // The address is on stdout alone (the line below), not repeated here.
     tracing::info!(
-        address = %local,
         data = %options.data.display(),
         store_cache_mib = tuning.store_cache_mib,
         facts_cache_mib = tuning.facts_cache_mib,
         projections_cache_mib = tuning.projections_cache_mib,
         idempotency_window_seconds = tuning.idempotency_window.as_secs(),
         pending_after_seconds = tuning.pending_after.as_secs(),
-        "paystream listening"
+        "paystream started"
     );
     // A line tests and scripts can wait for.
     println!("listening on http://{local}");
-    let router = app(AppState { services: Arc::clone(&services), projections: projections.clone() });
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+    // The routers hold the only clones of the state: gone once serving ends, before the
+    // derived databases are snapshotted.
+    let state = AppState { services: Arc::clone(&services), projections: projections.clone() };
+    let scrape = metrics::router(metrics_handle.clone(), &state);
+    let router = app(state).merge(scrape);
+    let upkeep = metrics::spawn_upkeep(metrics_handle);
+    // Counts open connections; tapped for axum's ConnectInfo<SocketAddr> (the client's
+    // address in request log lines).
+    let listener = metrics::CountingListener::new(listener).tap_io(|_| {});
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    upkeep.abort();
     sweeper.abort();
     pending_sweeper.abort();
     read_side.stop().await;

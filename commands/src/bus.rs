@@ -28,6 +28,11 @@ use crate::error::CommandError;
 
 /// Attempts per command when another writer changed the stream meanwhile.
 pub const MAX_CONFLICT_ATTEMPTS: u32 = 5;
+/// Counter (label `category`, the stream category): appends refused because another
+/// writer changed the stream meanwhile. [`CommandBus::execute`] decides again on fresh
+/// state, at most [`MAX_CONFLICT_ATTEMPTS`] times in all, then fails with
+/// [`CommandError::Conflict`]; [`CommandBus::create`] fails at once.
+pub const CONFLICT_RETRIES_TOTAL: &str = "paystream_command_conflict_retries_total";
 /// Events read per call while loading a stream.
 pub const STREAM_READ_BATCH: usize = 1_000;
 /// Streams in each of the state cache's two generations (see the module docs):
@@ -286,6 +291,7 @@ impl CommandBus {
             }
             Err(StoreError::WrongExpectedVersion { .. }) => {
                 self.states().forget(stream);
+                metrics::counter!(CONFLICT_RETRIES_TOTAL, "category" => A::STREAM_CATEGORY).increment(1);
                 Ok(None)
             }
             Err(error) => Err(error.into()),

@@ -33,6 +33,7 @@ pub mod dashboard;
 mod decode;
 mod error;
 mod keys;
+pub mod lag;
 pub mod ledger;
 mod model;
 pub mod overview;

@@ -79,6 +79,7 @@ use crate::dashboard::{self, DashboardQuery, DashboardReport, MerchantDashboard}
 use crate::decode::{decode_batch, Decoded};
 use crate::error::{Lagging, ProjectionError};
 use crate::keys::{self, CHECKPOINT_KEY};
+use crate::lag;
 use crate::ledger::{self, AccountBalance, JournalPage, Ledger, TrialBalance};
 use crate::model::{ProjectionName, ReadModel, WorkingSet};
 use crate::overview::{self, OverviewQuery, OverviewReport, PlatformOverview};
@@ -106,7 +107,8 @@ pub const SLED_CACHE_PERCENT: u64 = 25;
 pub const MIN_SLED_CACHE_BYTES: u64 = MIB;
 /// How long `wait_for_default` waits before answering `Lagging`.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the lag of every projection is logged.
+/// How often the lag of every projection is checked; it is logged only when behind or
+/// changed state ([`crate::lag`]).
 pub const DEFAULT_LAG_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Decoded batches in flight between the reader and the appliers.
 pub const PIPELINE_DEPTH: usize = 4;
@@ -1277,8 +1279,11 @@ async fn flush_dirty(inner: &Arc<Inner>, kept: Vec<Option<Target>>) -> Vec<Optio
     }
 }
 
+/// Checks every projection's lag each `lag_log_interval` and logs the ones behind or
+/// whose state changed ([`crate::lag`]): nothing while all keep up.
 async fn log_lag(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
+    let mut seen: Vec<Option<lag::Seen>> = vec![None; inner.slots.len()];
     loop {
         tokio::select! {
             _ = tokio::time::sleep(inner.config.lag_log_interval) => {}
@@ -1288,19 +1293,34 @@ async fn log_lag(inner: Arc<Inner>) {
             Ok(head) => head,
             Err(_) => continue,
         };
-        for slot in &inner.slots {
+        for (slot, seen) in inner.slots.iter().zip(seen.iter_mut()) {
             let checkpoint = *slot.checkpoint.borrow();
+            let state = slot.state();
+            let phase = match state {
+                SlotState::Idle => lag::Phase::Following,
+                SlotState::Rebuilding { .. } => lag::Phase::Rebuilding,
+                SlotState::Failed(_) => lag::Phase::Failed,
+            };
+            let (now, line) = lag::judge(*seen, checkpoint, head, phase);
+            *seen = Some(now);
+            let Some(line) = line else { continue };
             let lag = head.saturating_sub(checkpoint);
             let name = slot.model.name();
             let version = slot.active().version;
-            match slot.state() {
-                SlotState::Failed(reason) => {
+            match (line, state) {
+                (lag::LagLine::Failed, SlotState::Failed(reason)) => {
                     tracing::error!(projection = %name, version, checkpoint, head, lag, %reason, "projection failed")
                 }
-                SlotState::Rebuilding { version: new, checkpoint: at } => {
-                    tracing::info!(projection = %name, version, checkpoint, head, lag, rebuilding = new, rebuild_checkpoint = at, "projection lag")
+                (lag::LagLine::Rebuilding, SlotState::Rebuilding { version: new, checkpoint: at }) => {
+                    tracing::info!(projection = %name, version, checkpoint, head, lag, rebuilding = new, rebuild_checkpoint = at, "projection rebuilding")
                 }
-                SlotState::Idle => tracing::info!(projection = %name, version, checkpoint, head, lag, "projection lag"),
+                (lag::LagLine::Behind, _) => {
+                    tracing::warn!(projection = %name, version, checkpoint, head, lag, "projection behind")
+                }
+                (lag::LagLine::CaughtUp, _) => {
+                    tracing::info!(projection = %name, version, checkpoint, head, lag, "projection caught up")
+                }
+                _ => {}
             }
         }
     }

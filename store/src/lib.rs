@@ -12,6 +12,7 @@ pub mod contract;
 pub mod embedded;
 mod error;
 mod event_store;
+pub mod metrics;
 mod types;
 
 pub use embedded::{

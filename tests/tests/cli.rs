@@ -176,7 +176,7 @@ fn every_option_has_its_variable_by_one_rule_and_serve_names_the_others() {
     ];
     assert_eq!(serve, expected);
     let help = help_text(&["serve"], "--help");
-    for variable in ["PAYSTREAM_ADMIN_KEY", "PAYSTREAM_FINGERPRINT_KEY", "PAYSTREAM_LOG"] {
+    for variable in ["PAYSTREAM_ADMIN_KEY", "PAYSTREAM_FINGERPRINT_KEY", "PAYSTREAM_LOG", "PAYSTREAM_LOG_FORMAT"] {
         assert!(help.contains(variable), "serve --help describes {variable}:\n{help}");
     }
     // A bad value from a variable names the variable.
@@ -188,7 +188,7 @@ fn every_option_has_its_variable_by_one_rule_and_serve_names_the_others() {
 
 /// The settings `serve` logs at start, as `name=value`.
 fn assert_settings(stderr: &str, settings: &[&str]) {
-    let line = stderr.lines().find(|line| line.contains("paystream listening")).unwrap_or_else(|| panic!("{stderr}"));
+    let line = stderr.lines().find(|line| line.contains("paystream started")).unwrap_or_else(|| panic!("{stderr}"));
     for setting in settings {
         assert!(line.split_whitespace().any(|word| word == *setting), "{setting} in: {line}");
     }

@@ -586,7 +586,10 @@ fn the_command_line_section_is_what_help_says() {
     let serve_help = help_text(&["serve"], "--help");
     let variables: Vec<String> =
         table(&section, &["Variable", "Default", "Meaning"]).iter().map(|row| code_spans(&row[0]).concat()).collect();
-    assert_eq!(variables, ["PAYSTREAM_ADMIN_KEY", "PAYSTREAM_FINGERPRINT_KEY", "PAYSTREAM_LOG"]);
+    assert_eq!(
+        variables,
+        ["PAYSTREAM_ADMIN_KEY", "PAYSTREAM_FINGERPRINT_KEY", "PAYSTREAM_LOG", "PAYSTREAM_LOG_FORMAT"]
+    );
     for variable in &variables {
         assert!(serve_help.contains(variable.as_str()), "serve --help describes {variable}");
     }

@@ -23,6 +23,7 @@ use super::watermark::{Synced, Watermark, WATERMARK_INTERVAL};
 use super::Shared;
 use crate::chain::{unix_nanos, EnvelopeRef};
 use crate::error::StoreError;
+use crate::metrics::StoreMetrics;
 use crate::types::{AppendResult, ExpectedVersion, NewEvent, Position, StreamVersion, MAX_APPEND_BYTES};
 
 /// Most events one group commit writes.
@@ -64,6 +65,8 @@ pub(crate) struct WriteStart {
     pub watermark: Watermark,
     /// Prepares the next segment file in the background.
     pub spare: Spare,
+    /// Group commit sizes and the head, recorded by the syncer.
+    pub metrics: StoreMetrics,
 }
 
 /// Starts the appender and the syncer thread (in that order in the result). The appender
@@ -78,6 +81,7 @@ pub(crate) fn spawn(start: WriteStart, rx: mpsc::Receiver<AppendRequest>) -> io:
         watermark: start.watermark,
         watermark_at: std::time::Instant::now(),
         _indexer_stop: start.indexer_stop,
+        metrics: start.metrics,
     };
     let syncer_thread =
         std::thread::Builder::new().name("paystream-store-syncer".into()).spawn(move || syncer.run())?;
@@ -625,6 +629,7 @@ struct Syncer {
     /// Dropped when the syncer exits (after the last publish), which tells the indexer
     /// to finish.
     _indexer_stop: SyncSender<()>,
+    metrics: StoreMetrics,
 }
 
 impl Syncer {
@@ -667,6 +672,10 @@ impl Syncer {
                 answer_all(&mut group, || StoreError::Unavailable(format!("append not written: {err}")));
                 failed = Some(reason);
                 continue;
+            }
+            let events: usize = group.iter().map(|batch| batch.events).sum();
+            if events > 0 {
+                self.metrics.group_commit_events.record(events as f64);
             }
             self.publish(&mut group);
             if self.watermark_at.elapsed() >= WATERMARK_INTERVAL {
@@ -743,6 +752,7 @@ impl Syncer {
             }
         }
         self.head_tx.send_replace(head);
+        self.metrics.head.set(head as f64);
         for batch in group.drain(..) {
             let mut accepted = batch.accepted.into_iter();
             for (reply, answer) in batch.answers {

@@ -196,6 +196,7 @@ use self::watermark::{Synced, Watermark};
 use crate::chain::{unix_nanos, ChainVerifier};
 use crate::error::StoreError;
 use crate::event_store::{CatchUp, EventStore, LogReader, Subscription, VerifyReport};
+use crate::metrics::StoreMetrics;
 use crate::types::{
     validate_append, AppendResult, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamVersion, MAX_RECORD_BYTES,
 };
@@ -469,6 +470,7 @@ pub struct EmbeddedStore {
     head_rx: watch::Receiver<Position>,
     dir: PathBuf,
     open_report: OpenReport,
+    metrics: StoreMetrics,
 }
 
 /// What `open` found, for logs and operators.
@@ -618,6 +620,8 @@ impl EmbeddedStore {
             closed: AtomicBool::new(false),
         });
         let (head_tx, head_rx) = watch::channel(head);
+        let metrics = StoreMetrics::new();
+        metrics.head.set(head as f64);
         let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel(1);
         let (sender, receiver) = mpsc::channel(APPEND_QUEUE_CAPACITY);
 
@@ -638,6 +642,7 @@ impl EmbeddedStore {
             indexer_stop: stop_tx,
             watermark,
             spare,
+            metrics: metrics.clone(),
         };
         let mut threads = appender::spawn(write_start, receiver)?;
         threads.push(indexer_thread);
@@ -654,6 +659,7 @@ impl EmbeddedStore {
             head_rx,
             dir: dir.to_path_buf(),
             open_report,
+            metrics,
         })
     }
 
@@ -714,6 +720,7 @@ impl EventStore for EmbeddedStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
+        let started = std::time::Instant::now();
         let sizes = validate_append(stream_id, &events)?;
         let sender = self.sender()?;
         let (reply, answer) = oneshot::channel();
@@ -722,7 +729,11 @@ impl EventStore for EmbeddedStore {
         if sender.send(request).await.is_err() {
             return Err(self.shared.stopped_error());
         }
-        answer.await.map_err(|_| self.shared.stopped_error())?
+        let result = answer.await.map_err(|_| self.shared.stopped_error())?;
+        if result.is_ok() {
+            self.metrics.append_seconds.record(started.elapsed());
+        }
+        result
     }
 
     async fn read_stream(
