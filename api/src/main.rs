@@ -55,8 +55,10 @@ Environment:
                              not know it yet. Without it, the first start on an empty
                              data directory creates an admin key and prints it once
                              on stdout, after the port is bound.
-  PAYSTREAM_FINGERPRINT_KEY  the key of card fingerprints, in hex [default: the key in
-                             <data>/secrets/fingerprint.key, created on first start]
+  PAYSTREAM_FINGERPRINT_KEY  the key of card fingerprints, in hex, at least 32 bytes
+                             (64 hex digits) [default: the key in
+                             <data>/secrets/fingerprint.key, created on first start,
+                             readable by its owner only]
   PAYSTREAM_LOG              what is logged on stderr, a tracing filter: error, warn,
                              info, debug, trace, or per module
                              (info,paystream_store=debug) [default: info]

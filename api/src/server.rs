@@ -82,32 +82,88 @@ impl Default for Tuning {
 /// Everything that can stop the server from starting.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Shortest card fingerprint key accepted, in bytes: a shorter (or empty) HMAC
+/// key lets anyone who guesses it brute-force a card number from its first six
+/// and last four digits and its fingerprint.
+pub const MIN_FINGERPRINT_KEY_BYTES: usize = 32;
+
 /// The card fingerprint key: PAYSTREAM_FINGERPRINT_KEY (hex), else the key
-/// file in the data directory, created on first start.
+/// file in the data directory, created on first start (0600 in a 0700
+/// `secrets` directory). Shorter than [`MIN_FINGERPRINT_KEY_BYTES`] is refused.
 fn fingerprint_key(data: &Path) -> Result<Vec<u8>, BoxError> {
     if let Ok(hex_key) = std::env::var("PAYSTREAM_FINGERPRINT_KEY") {
-        return Ok(hex::decode(hex_key.trim()).map_err(|e| format!("PAYSTREAM_FINGERPRINT_KEY is not hex: {e}"))?);
+        let key = hex::decode(hex_key.trim()).map_err(|e| format!("PAYSTREAM_FINGERPRINT_KEY is not hex: {e}"))?;
+        return long_enough(key, "PAYSTREAM_FINGERPRINT_KEY");
     }
     let dir = data.join("secrets");
     let path = dir.join("fingerprint.key");
+    private_dir(&dir)?;
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(hex::decode(text.trim()).map_err(|e| format!("{} is not hex: {e}", path.display()))?),
+        Ok(text) => {
+            // Files written by older servers were 0644.
+            set_mode(&path, 0o600)?;
+            let key = hex::decode(text.trim()).map_err(|e| format!("{} is not hex: {e}", path.display()))?;
+            long_enough(key, &path.display().to_string())
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&dir)?;
             let key = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
             let tmp = dir.join("fingerprint.key.tmp");
             {
                 use std::io::Write;
-                let mut file = std::fs::File::create(&tmp)?;
+                let mut file = private_file(&tmp)?;
                 file.write_all(key.as_bytes())?;
                 file.sync_all()?;
             }
+            // A leftover temporary file keeps its old mode through `private_file`.
+            set_mode(&tmp, 0o600)?;
             std::fs::rename(&tmp, &path)?;
             std::fs::File::open(&dir)?.sync_all()?;
             Ok(hex::decode(key)?)
         }
         Err(error) => Err(error.into()),
     }
+}
+
+fn long_enough(key: Vec<u8>, source: &str) -> Result<Vec<u8>, BoxError> {
+    if key.len() < MIN_FINGERPRINT_KEY_BYTES {
+        return Err(format!(
+            "{source}: the card fingerprint key has {} bytes; it needs at least {MIN_FINGERPRINT_KEY_BYTES} \
+             ({} hex digits), e.g. from `openssl rand -hex {MIN_FINGERPRINT_KEY_BYTES}`",
+            key.len(),
+            2 * MIN_FINGERPRINT_KEY_BYTES
+        )
+        .into());
+    }
+    Ok(key)
+}
+
+/// Creates `dir` (and its parents) if needed and makes it readable by its owner only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    set_mode(dir, 0o700)
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Creates (or truncates) a file only its owner can read or write.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
 }
 
 /// The platform opened on a data directory: the log, the write side (facts
@@ -150,7 +206,10 @@ pub async fn open_projections_within(
 /// Opens the log and builds the write side, with the facts caught up, and
 /// the read side.
 pub async fn open(data: &Path, tuning: &Tuning) -> Result<Opened, BoxError> {
-    std::fs::create_dir_all(data)?;
+    if !data.exists() {
+        // A new data directory is the owner's only; an existing one keeps its mode.
+        private_dir(data)?;
+    }
     let store_dir = data.to_path_buf();
     let store_options = EmbeddedOptions {
         cache_bytes: tuning.store_cache_mib.saturating_mul(MIB),

@@ -429,3 +429,43 @@ fn bench_options_are_taken_from_the_command_line_or_their_variables() {
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("PAYSTREAM_BENCH_EVENTS"), "{bad:?}");
 }
+
+#[cfg(unix)]
+#[test]
+fn secrets_are_the_owners_only_and_a_short_fingerprint_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let root = temp_data_dir();
+
+    // A short (or empty) key would let anyone compute fingerprints: refused, nothing created.
+    for short in ["", "ab", &"ab".repeat(31)] {
+        let dir = root.path().join("short");
+        let mut command = paystream_command();
+        command
+            .args(["serve", "--data", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .env("PAYSTREAM_LOG", "warn")
+            .env("PAYSTREAM_FINGERPRINT_KEY", short);
+        let output = finished(command);
+        assert!(!output.status.success(), "PAYSTREAM_FINGERPRINT_KEY={short:?} was accepted");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains("PAYSTREAM_FINGERPRINT_KEY") && said.contains("at least 32"), "{said}");
+    }
+
+    // A first start makes the data directory and the key file for its owner only.
+    let dir = root.path().join("fresh");
+    let mut server =
+        Server::start_command_line(&dir, &["--data", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"], &[]);
+    server.anonymous().get("/healthz").expect(200);
+    assert_eq!(server.stop().code(), Some(0), "{}", server.stderr_text());
+    assert_eq!(mode(&dir), 0o700, "the data directory");
+    assert_eq!(mode(&dir.join("secrets")), 0o700, "the secrets directory");
+    assert_eq!(mode(&dir.join("secrets/fingerprint.key")), 0o600, "the key file");
+
+    // A key file left readable by an older server is made private at the next start.
+    std::fs::set_permissions(dir.join("secrets/fingerprint.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut server =
+        Server::start_command_line(&dir, &["--data", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"], &[]);
+    server.anonymous().get("/healthz").expect(200);
+    assert_eq!(server.stop().code(), Some(0), "{}", server.stderr_text());
+    assert_eq!(mode(&dir.join("secrets/fingerprint.key")), 0o600, "the key file after a restart");
+}
