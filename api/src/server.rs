@@ -269,26 +269,37 @@ pub async fn bootstrap_admin(services: &Services) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM or Ctrl-C (SIGINT). The handlers are installed when this is called, not
+/// when the future is first polled: a signal that arrives right after `listening on`
+/// is printed still gets a clean stop instead of the default action (death).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (terminate, interrupt) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |stream: Option<tokio::signal::unix::Signal>| async move {
+                match stream {
+                    Some(mut stream) => {
+                        stream.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(terminate) => {},
+                () = wait(interrupt) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutdown signal received: finishing in-flight requests");
     }
-    tracing::info!("shutdown signal received: finishing in-flight requests");
 }
 
 /// Finishes payments left awaiting the acquirer's answer for longer than
@@ -399,6 +410,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
         pending_after_seconds = tuning.pending_after.as_secs(),
         "paystream started"
     );
+    let shutdown = shutdown_signal();
     // A line tests and scripts can wait for.
     println!("listening on http://{local}");
     // The routers hold the only clones of the state: gone once serving ends, before the
@@ -411,7 +423,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), BoxError> {
     // address in request log lines).
     let listener = metrics::CountingListener::new(listener).tap_io(|_| {});
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await?;
     upkeep.abort();
     sweeper.abort();

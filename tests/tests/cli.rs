@@ -469,3 +469,19 @@ fn secrets_are_the_owners_only_and_a_short_fingerprint_key_is_refused() {
     assert_eq!(server.stop().code(), Some(0), "{}", server.stderr_text());
     assert_eq!(mode(&dir.join("secrets/fingerprint.key")), 0o600, "the key file after a restart");
 }
+
+#[test]
+fn a_stop_right_after_listening_is_a_clean_stop() {
+    let root = temp_data_dir();
+    let dir = root.path().join("quick");
+    for _ in 0..3 {
+        let mut server = Server::start_command_line(
+            &dir,
+            &["--data", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+            &[("PAYSTREAM_ADMIN_KEY", ADMIN_KEY)],
+        );
+        // SIGTERM at once: the handler must already be installed.
+        assert_eq!(server.stop().code(), Some(0), "{}", server.stderr_text());
+        assert!(server.stderr_text().contains("stopped cleanly"), "{}", server.stderr_text());
+    }
+}
